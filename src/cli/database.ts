@@ -1,0 +1,112 @@
+import pg from 'pg';
+import { defaultRoleNames } from '../config.ts';
+import { bootstrapDatabase, withDatabase } from '../database/bootstrap.ts';
+import { type EmbeddedPostgresServer, startEmbeddedPostgres } from '../database/embedded-postgres.ts';
+import { TenantryError } from '../errors.ts';
+import type { Logger } from '../logger.ts';
+import type { CliConfig } from './config.ts';
+
+/** Connection strings for the three roles on a prepared database. */
+export interface PreparedDatabase {
+  /** Superuser or owner connection to the application database (migrations, doctor). */
+  readonly adminUrl: string;
+  /** App role connection (the API and workers). */
+  readonly appUrl: string;
+  /** Analytics role connection (platform reads). */
+  readonly analyticsUrl: string | undefined;
+  readonly embedded: EmbeddedPostgresServer | undefined;
+  /** Stops the embedded server, if one was started. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts the embedded server (no `DATABASE_URL`) or checks the external one, then makes sure
+ * the roles and database exist.
+ */
+export async function prepareDatabase(config: CliConfig, logger: Logger): Promise<PreparedDatabase> {
+  if (config.databaseUrl === undefined) {
+    const server = await startEmbeddedPostgres({ directory: config.embeddedDirectory, logger });
+    try {
+      await bootstrapDatabase({
+        adminConnectionString: server.connectionString('postgres'),
+        database: config.databaseName,
+        passwords: {
+          owner: server.secrets.ownerPassword,
+          app: server.secrets.appPassword,
+          analytics: server.secrets.analyticsPassword,
+        },
+        logger,
+      });
+    } catch (error) {
+      await server.stop();
+      throw error;
+    }
+    return Object.freeze({
+      adminUrl: server.connectionString(config.databaseName),
+      appUrl: server.connectionString(config.databaseName, defaultRoleNames.app, server.secrets.appPassword),
+      analyticsUrl: server.connectionString(
+        config.databaseName,
+        defaultRoleNames.analytics,
+        server.secrets.analyticsPassword,
+      ),
+      embedded: server,
+      stop: () => server.stop(),
+    });
+  }
+
+  const adminUrl = config.databaseUrl;
+  if (await isSuperuser(adminUrl)) {
+    const database = decodeURIComponent(new URL(adminUrl).pathname.slice(1)) || config.databaseName;
+    await bootstrapDatabase({
+      adminConnectionString: withDatabase(adminUrl, 'postgres'),
+      database,
+      passwords: {
+        app: passwordOf(config.appDatabaseUrl),
+        analytics: passwordOf(config.analyticsDatabaseUrl),
+      },
+      logger,
+    });
+  }
+  const appUrl = config.appDatabaseUrl;
+  if (appUrl === undefined) {
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      'With DATABASE_URL set, also set TENANTRY_APP_DATABASE_URL: the connection of the tenantry_app role ' +
+        '(never the owner or a superuser) that the API and workers use.',
+    );
+  }
+  return Object.freeze({
+    adminUrl,
+    appUrl,
+    analyticsUrl: config.analyticsDatabaseUrl,
+    embedded: undefined,
+    stop: async () => {},
+  });
+}
+
+function passwordOf(url: string | undefined): string | undefined {
+  if (url === undefined) return undefined;
+  const password = decodeURIComponent(new URL(url).password);
+  return password === '' ? undefined : password;
+}
+
+async function isSuperuser(url: string): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    const result = await client.query<{ super: boolean }>(
+      'select rolsuper as super from pg_roles where rolname = current_user',
+    );
+    return result.rows[0]?.super === true;
+  } catch (error) {
+    throw new TenantryError(
+      'TENANTRY_ERR_DB_UNAVAILABLE',
+      `Cannot connect to DATABASE_URL: ${error instanceof Error ? error.message : String(error)}`,
+      { cause: error },
+    );
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+

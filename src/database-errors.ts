@@ -1,0 +1,88 @@
+import { TenantryError, type TenantryErrorCode } from './errors.ts';
+
+interface SqlStateRule {
+  readonly code: TenantryErrorCode;
+  readonly message: string;
+  /** Whether the whole unit of work may be run again after a rollback. */
+  readonly retryable: boolean;
+}
+
+const unavailable: SqlStateRule = {
+  code: 'TENANTRY_ERR_DB_UNAVAILABLE',
+  message: 'The database is unavailable; try again shortly.',
+  retryable: false,
+};
+const invalidValue: SqlStateRule = {
+  code: 'TENANTRY_ERR_DB_INVALID_VALUE',
+  message: 'A value was rejected by the database.',
+  retryable: false,
+};
+
+/**
+ * The one table of SQLSTATEs Tenantry treats specially. Messages never echo the server's text,
+ * which can name constraints, columns or another tenant's values.
+ */
+const sqlStateRules: ReadonlyMap<string, SqlStateRule> = new Map([
+  ['40001', { code: 'TENANTRY_ERR_DB_SERIALIZATION', message: 'The transaction conflicted with a concurrent one.', retryable: true }],
+  ['40P01', { code: 'TENANTRY_ERR_DB_SERIALIZATION', message: 'The transaction was chosen as a deadlock victim.', retryable: true }],
+  ['23505', { code: 'TENANTRY_ERR_DB_CONFLICT', message: 'A row with the same unique value already exists.', retryable: false }],
+  ['23503', { code: 'TENANTRY_ERR_DB_INVALID_REFERENCE', message: 'A referenced row does not exist.', retryable: false }],
+  ['42501', { code: 'TENANTRY_ERR_DB_FORBIDDEN', message: 'The row is not accessible in this tenant.', retryable: false }],
+  ['23502', invalidValue],
+  ['23514', invalidValue],
+  ['22P02', invalidValue],
+  ['22001', invalidValue],
+  ['22003', invalidValue],
+  ['22007', invalidValue],
+  ['22008', invalidValue],
+  ['22023', invalidValue],
+  ['22021', invalidValue],
+  ['57014', { code: 'TENANTRY_ERR_DB_TIMEOUT', message: 'The statement took too long and was cancelled.', retryable: false }],
+  ['53300', unavailable],
+  ['57P01', unavailable],
+  ['57P02', unavailable],
+  ['57P03', unavailable],
+  ['08000', unavailable],
+  ['08001', unavailable],
+  ['08003', unavailable],
+  ['08004', unavailable],
+  ['08006', unavailable],
+]);
+
+const networkErrorCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH']);
+
+/**
+ * Converts an error from `pg` into a {@link TenantryError} through the SQLSTATE table; other
+ * errors (including TenantryErrors) are returned unchanged.
+ *
+ * @example
+ * ```ts
+ * try { await client.query(sql) } catch (error) { throw toTenantryError(error) }
+ * ```
+ */
+export function toTenantryError(error: unknown): unknown {
+  if (error instanceof TenantryError || typeof error !== 'object' || error === null) return error;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code !== 'string') {
+    if (error instanceof Error && /Connection terminated|not queryable|Client has encountered a connection error/i.test(error.message)) {
+      return new TenantryError(unavailable.code, unavailable.message, { cause: error });
+    }
+    return error;
+  }
+  if (networkErrorCodes.has(code)) return new TenantryError(unavailable.code, unavailable.message, { cause: error });
+  const rule = sqlStateRules.get(code);
+  if (rule === undefined) {
+    return new TenantryError('TENANTRY_ERR_DB_QUERY_FAILED', 'The database rejected the query.', {
+      cause: error,
+      details: { sqlState: code },
+    });
+  }
+  return new TenantryError(rule.code, rule.message, { cause: error, details: { sqlState: code } });
+}
+
+/** Tells whether an error means the unit of work can be retried from the start. */
+export function isRetryableError(error: unknown): boolean {
+  if (!(error instanceof TenantryError)) return false;
+  const sqlState = error.details?.sqlState;
+  return typeof sqlState === 'string' && sqlStateRules.get(sqlState)?.retryable === true;
+}

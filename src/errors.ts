@@ -1,0 +1,175 @@
+/**
+ * Every error Tenantry raises on purpose: its stable code, HTTP status and meaning.
+ *
+ * `docs/reference/error-codes.md` documents this table; a test keeps the two in sync.
+ *
+ * @example
+ * ```ts
+ * import { errorCodes } from 'tenantry';
+ * console.log(errorCodes.TENANTRY_ERR_CONTEXT_MISSING.status); // 500
+ * ```
+ */
+export const errorCodes = Object.freeze({
+  TENANTRY_ERR_CONFIG_INVALID: {
+    status: 500,
+    title: 'Invalid Tenantry configuration',
+  },
+  TENANTRY_ERR_TENANT_ID_INVALID: {
+    status: 400,
+    title: 'Tenant id is not a valid UUID',
+  },
+  TENANTRY_ERR_USER_ID_INVALID: {
+    status: 400,
+    title: 'User id is not a valid UUID',
+  },
+  TENANTRY_ERR_CONTEXT_MISSING: {
+    status: 500,
+    title: 'Tenant table queried outside a tenant context',
+  },
+  TENANTRY_ERR_CONTEXT_MISMATCH: {
+    status: 500,
+    title: 'Nested unit of work names another tenant',
+  },
+  TENANTRY_ERR_GUARD_TENANT_MISMATCH: {
+    status: 403,
+    title: 'Query names a tenant other than the current one',
+  },
+  TENANTRY_ERR_GUARD_UNSUPPORTED_QUERY: {
+    status: 500,
+    title: 'Query shape the tenant guard cannot scope',
+  },
+  TENANTRY_ERR_STREAMING_UNSUPPORTED: {
+    status: 500,
+    title: 'Streaming is not available on a pipelined tenant connection',
+  },
+  TENANTRY_ERR_ONE_SHOT_SECOND_QUERY: {
+    status: 500,
+    title: 'A one-shot unit of work runs exactly one query',
+  },
+  TENANTRY_ERR_UNIT_OF_WORK_CLOSED: {
+    status: 500,
+    title: 'Executor used after its unit of work ended',
+  },
+  TENANTRY_ERR_TRANSACTION_ROLLED_BACK: {
+    status: 500,
+    title: 'Transaction was rolled back by the server',
+  },
+  TENANTRY_ERR_DB_UNAVAILABLE: {
+    status: 503,
+    title: 'Database unavailable',
+  },
+  TENANTRY_ERR_DB_CONFLICT: {
+    status: 409,
+    title: 'Conflicting row already exists',
+  },
+  TENANTRY_ERR_DB_NOT_FOUND: {
+    status: 404,
+    title: 'Not found',
+  },
+  TENANTRY_ERR_DB_INVALID_REFERENCE: {
+    status: 422,
+    title: 'Referenced row does not exist',
+  },
+  TENANTRY_ERR_DB_INVALID_VALUE: {
+    status: 422,
+    title: 'Value rejected by the database',
+  },
+  TENANTRY_ERR_DB_FORBIDDEN: {
+    status: 403,
+    title: 'Row not accessible in this tenant',
+  },
+  TENANTRY_ERR_DB_TIMEOUT: {
+    status: 503,
+    title: 'Statement timed out',
+  },
+  TENANTRY_ERR_DB_SERIALIZATION: {
+    status: 503,
+    title: 'Transaction conflicted with a concurrent one; retry',
+  },
+  TENANTRY_ERR_DB_QUERY_FAILED: {
+    status: 500,
+    title: 'Database query failed',
+  },
+  TENANTRY_ERR_EMBEDDED_START_FAILED: {
+    status: 500,
+    title: 'Embedded PostgreSQL failed to start',
+  },
+  TENANTRY_ERR_EMBEDDED_PORT_IN_USE: {
+    status: 500,
+    title: 'Embedded PostgreSQL port already in use',
+  },
+  TENANTRY_ERR_EMBEDDED_DATA_DIR_LOCKED: {
+    status: 500,
+    title: 'Embedded PostgreSQL data directory is used by another server',
+  },
+  TENANTRY_ERR_SERVER_VERSION_UNSUPPORTED: {
+    status: 500,
+    title: 'PostgreSQL server version unsupported',
+  },
+  TENANTRY_ERR_MIGRATION_FAILED: {
+    status: 500,
+    title: 'Migration failed',
+  },
+  TENANTRY_ERR_MIGRATION_CHANGED: {
+    status: 500,
+    title: 'An applied migration file was changed',
+  },
+  TENANTRY_ERR_MIGRATION_INVALID_FILE: {
+    status: 500,
+    title: 'Migration file name or content invalid',
+  },
+  TENANTRY_ERR_BOOTSTRAP_FAILED: {
+    status: 500,
+    title: 'Creating roles or database failed',
+  },
+} as const);
+
+/** A stable Tenantry error code such as `TENANTRY_ERR_CONTEXT_MISSING`. */
+export type TenantryErrorCode = keyof typeof errorCodes;
+
+/** Extra fields carried by a {@link TenantryError}. */
+export interface TenantryErrorOptions {
+  /** The underlying error; always preserved. */
+  cause?: unknown;
+  /** Structured, client-safe details (never SQL, never another tenant's data). */
+  details?: Readonly<Record<string, unknown>>;
+}
+
+/**
+ * The one error class Tenantry throws: a stable `code`, an HTTP `status` and the `cause`.
+ *
+ * @example
+ * ```ts
+ * import { TenantryError, isTenantryError } from 'tenantry';
+ * try {
+ *   await tenantry.withTenant('not-a-uuid', async () => {});
+ * } catch (error) {
+ *   if (isTenantryError(error)) console.log(error.code); // TENANTRY_ERR_TENANT_ID_INVALID
+ * }
+ * ```
+ */
+export class TenantryError extends Error {
+  readonly code: TenantryErrorCode;
+  readonly status: number;
+  readonly details: Readonly<Record<string, unknown>> | undefined;
+
+  constructor(code: TenantryErrorCode, message: string, options: TenantryErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'TenantryError';
+    this.code = code;
+    this.status = errorCodes[code].status;
+    this.details = options.details;
+  }
+}
+
+/**
+ * Tells whether a value is a {@link TenantryError}, optionally with a given code.
+ *
+ * @example
+ * ```ts
+ * if (isTenantryError(error, 'TENANTRY_ERR_DB_CONFLICT')) reply.code(409);
+ * ```
+ */
+export function isTenantryError(value: unknown, code?: TenantryErrorCode): value is TenantryError {
+  return value instanceof TenantryError && (code === undefined || value.code === code);
+}

@@ -1,0 +1,529 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { setTimeout as delay } from 'node:timers/promises';
+import {
+  CompiledQuery,
+  type DatabaseConnection,
+  type Dialect,
+  type Driver,
+  Kysely,
+  type KyselyPlugin,
+  PostgresAdapter,
+  PostgresIntrospector,
+  PostgresQueryCompiler,
+  type QueryResult,
+  type TransactionSettings,
+} from 'kysely';
+import pg from 'pg';
+import { isRetryableError, toTenantryError } from './database-errors.ts';
+import { TenantryError } from './errors.ts';
+import { type Logger, silentLogger } from './logger.ts';
+import { parseTenantId, parseUserId, type TenantId, type UserId } from './tenant-id.ts';
+import { createTenantGuardPlugin } from './tenant-guard.ts';
+
+/** The tenant (and optionally the user) a unit of work runs for. */
+export interface TenantContext {
+  readonly tenantId: TenantId;
+  readonly userId?: UserId;
+}
+
+/** A tenant id, or a tenant id with the acting user's id (for per-user policies). */
+export type TenantSelector = string | { readonly tenantId: string; readonly userId?: string };
+
+/** Options for {@link createTenantry}. */
+export interface TenantryOptions {
+  /** Connection string of the app role (never the owner, never a superuser). */
+  readonly connectionString: string;
+  /** Largest number of pooled connections. @defaultValue 10 */
+  readonly maxConnections?: number;
+  /** Server-side `statement_timeout` for every pooled connection. @defaultValue 30000 */
+  readonly statementTimeoutMs?: number;
+  /** Server-side `idle_in_transaction_session_timeout`. @defaultValue 60000 */
+  readonly idleInTransactionTimeoutMs?: number;
+  /** Schemas whose tables with a `tenant_id` column are tenant tables. @defaultValue ['public'] */
+  readonly schemas?: readonly string[];
+  /**
+   * Tenant tables for the guard (`table` or `schema.table`). When omitted they are discovered
+   * from the catalog at start-up.
+   */
+  readonly tenantTables?: readonly string[];
+  /**
+   * `enforce` scopes queries on tenant tables and throws outside a tenant context; `off`
+   * leaves only RLS.
+   * @defaultValue 'enforce'
+   */
+  readonly guard?: 'enforce' | 'off';
+  /** Times a unit of work is run again after a serialization failure or deadlock. @defaultValue 2 */
+  readonly serializationRetries?: number;
+  /** Extra Kysely plugins, applied after the guard. @defaultValue [] */
+  readonly plugins?: readonly KyselyPlugin[];
+  readonly logger?: Logger;
+}
+
+/** Options for one {@link Tenantry.withTenant} call. */
+export interface UnitOfWorkOptions {
+  readonly isolationLevel?: 'read committed' | 'repeatable read' | 'serializable';
+  readonly accessMode?: 'read write' | 'read only';
+}
+
+/** A Tenantry instance: a guarded Kysely database on the app role's pool and the tenant context. */
+export interface Tenantry<DB> {
+  /**
+   * The guarded database. Inside a unit of work it runs on that unit's transaction; outside,
+   * on the pool, where queries on tenant tables throw `TENANTRY_ERR_CONTEXT_MISSING`.
+   */
+  readonly db: Kysely<DB>;
+  /** Tenant tables the guard scopes. */
+  readonly tenantTables: ReadonlySet<string>;
+  /**
+   * Runs `fn` in a transaction whose first statements set the tenant context; commits when it
+   * resolves, rolls back when it throws. Nested calls for the same tenant join the open unit of
+   * work instead of taking a second connection.
+   */
+  withTenant<T>(tenant: TenantSelector, fn: (db: Kysely<DB>) => Promise<T>, options?: UnitOfWorkOptions): Promise<T>;
+  /**
+   * Runs a unit of work made of exactly one query, sending BEGIN, the context, the query and
+   * COMMIT in one round trip.
+   */
+  oneShot<T>(tenant: TenantSelector, fn: (db: Kysely<DB>) => Promise<T>): Promise<T>;
+  /** The context of the unit of work the caller runs in, if any. */
+  currentContext(): TenantContext | undefined;
+  /** Closes the pool. */
+  close(): Promise<void>;
+}
+
+const defaults = {
+  maxConnections: 10,
+  statementTimeoutMs: 30_000,
+  idleInTransactionTimeoutMs: 60_000,
+  serializationRetries: 2,
+};
+
+function parseSelector(tenant: TenantSelector): TenantContext {
+  if (typeof tenant === 'string') return { tenantId: parseTenantId(tenant) };
+  if (typeof tenant !== 'object' || tenant === null) return { tenantId: parseTenantId(tenant) };
+  const tenantId = parseTenantId(tenant.tenantId);
+  return tenant.userId === undefined ? { tenantId } : { tenantId, userId: parseUserId(tenant.userId) };
+}
+
+/**
+ * Builds the statement that opens a unit of work. The ids are validated UUIDs (hex and hyphens
+ * only), so the literals are safe; `SET LOCAL` is used because Citus forwards it to workers and
+ * does not forward `set_config()`.
+ */
+function contextStatement(context: TenantContext, options: UnitOfWorkOptions | undefined): string {
+  let begin = 'begin';
+  if (options?.isolationLevel !== undefined) begin += ` isolation level ${isolationLevels[options.isolationLevel]}`;
+  if (options?.accessMode !== undefined) begin += options.accessMode === 'read only' ? ' read only' : ' read write';
+  let statement = `${begin}; set local tenantry.tenant_id = '${parseTenantId(context.tenantId)}'`;
+  if (context.userId !== undefined) statement += `; set local tenantry.user_id = '${parseUserId(context.userId)}'`;
+  return statement;
+}
+
+const isolationLevels = {
+  'read committed': 'read committed',
+  'repeatable read': 'repeatable read',
+  serializable: 'serializable',
+} as const;
+
+function toQueryResult<R>(result: pg.QueryResult): QueryResult<R> {
+  const command = result.command;
+  if (command === 'INSERT' || command === 'UPDATE' || command === 'DELETE' || command === 'MERGE') {
+    return { numAffectedRows: BigInt(result.rowCount ?? 0), rows: (result.rows ?? []) as R[] };
+  }
+  return { rows: (result.rows ?? []) as R[] };
+}
+
+async function runQuery(client: pg.PoolClient, compiled: CompiledQuery): Promise<pg.QueryResult> {
+  try {
+    return await client.query({ text: compiled.sql, values: compiled.parameters as unknown[] });
+  } catch (error) {
+    throw toTenantryError(error);
+  }
+}
+
+function streamingUnsupported(): never {
+  throw new TenantryError(
+    'TENANTRY_ERR_STREAMING_UNSUPPORTED',
+    'Tenantry connections are pipelined and cannot hold a cursor open; page with keyset pagination instead.',
+  );
+}
+
+class PooledConnection implements DatabaseConnection {
+  readonly client: pg.PoolClient;
+  constructor(client: pg.PoolClient) {
+    this.client = client;
+  }
+  async executeQuery<R>(compiled: CompiledQuery): Promise<QueryResult<R>> {
+    return toQueryResult<R>(await runQuery(this.client, compiled));
+  }
+  // biome-ignore lint/correctness/useYield: always throws before yielding
+  async *streamQuery<R>(): AsyncIterableIterator<QueryResult<R>> {
+    streamingUnsupported();
+  }
+}
+
+/**
+ * One tenant transaction on one pooled connection. The context statement is sent without
+ * waiting, so it travels in the same round trip as the first query (pg pipeline mode); every
+ * query result is handed out only after the context statement succeeded.
+ */
+class UnitOfWork implements DatabaseConnection {
+  readonly context: TenantContext;
+  readonly #client: pg.PoolClient;
+  readonly #contextSql: string;
+  readonly #pending = new Set<Promise<unknown>>();
+  #ready: Promise<unknown> | undefined;
+  #state: 'open' | 'one-shot' | 'closed';
+  #failure: unknown;
+  #savepoints = 0;
+
+  constructor(client: pg.PoolClient, context: TenantContext, contextSql: string, oneShot: boolean) {
+    this.#client = client;
+    this.context = context;
+    this.#contextSql = contextSql;
+    this.#state = oneShot ? 'one-shot' : 'open';
+    if (!oneShot) this.#ready = this.#track(this.#client.query(contextSql));
+  }
+
+  get isOpen(): boolean {
+    return this.#state !== 'closed';
+  }
+
+  get sentQuery(): boolean {
+    return this.#ready !== undefined;
+  }
+
+  nextSavepoint(): string {
+    this.#savepoints++;
+    return `tenantry_savepoint_${this.#savepoints}`;
+  }
+
+  #track<T>(promise: Promise<T>): Promise<T> {
+    this.#pending.add(promise);
+    promise.then(
+      () => this.#pending.delete(promise),
+      (error: unknown) => {
+        this.#pending.delete(promise);
+        this.#failure ??= error;
+      },
+    );
+    return promise;
+  }
+
+  async executeQuery<R>(compiled: CompiledQuery): Promise<QueryResult<R>> {
+    if (this.#state === 'closed') {
+      throw new TenantryError(
+        'TENANTRY_ERR_UNIT_OF_WORK_CLOSED',
+        'This unit of work has already committed or rolled back; start a new one with withTenant().',
+      );
+    }
+    if (this.#state === 'one-shot') return this.#executeOneShot<R>(compiled);
+    const query = this.#track(runQuery(this.#client, compiled));
+    try {
+      const [, result] = await Promise.all([this.#ready, query]);
+      return toQueryResult<R>(result);
+    } catch (error) {
+      throw toTenantryError(error);
+    }
+  }
+
+  async #executeOneShot<R>(compiled: CompiledQuery): Promise<QueryResult<R>> {
+    if (this.#ready !== undefined) {
+      throw new TenantryError(
+        'TENANTRY_ERR_ONE_SHOT_SECOND_QUERY',
+        'A one-shot unit of work runs exactly one query; use withTenant() for more.',
+      );
+    }
+    const begin = this.#client.query(this.#contextSql);
+    this.#ready = begin;
+    const query = runQuery(this.#client, compiled);
+    const commit = this.#client.query('commit');
+    const [began, ran, committed] = await Promise.allSettled([begin, query, commit]);
+    this.#state = 'closed';
+    if (began.status === 'rejected') throw toTenantryError(began.reason);
+    if (ran.status === 'rejected') throw ran.reason;
+    if (committed.status === 'rejected') throw toTenantryError(committed.reason);
+    // In pipeline mode a COMMIT after a failed statement resolves as ROLLBACK instead of failing.
+    if (committed.value.command !== 'COMMIT') throw rolledBack(undefined);
+    return toQueryResult<R>(ran.value);
+  }
+
+  // biome-ignore lint/correctness/useYield: always throws before yielding
+  async *streamQuery<R>(): AsyncIterableIterator<QueryResult<R>> {
+    streamingUnsupported();
+  }
+
+  /** Waits for every query sent so far; the first failure (if any) is returned. */
+  async settle(): Promise<unknown> {
+    while (this.#pending.size > 0) await Promise.allSettled([...this.#pending]);
+    return this.#failure;
+  }
+
+  async commit(): Promise<void> {
+    if (this.#state === 'one-shot') {
+      this.#state = 'closed';
+      return;
+    }
+    const failure = await this.settle();
+    this.#state = 'closed';
+    if (failure !== undefined) {
+      await this.#client.query('rollback').catch(() => undefined);
+      throw rolledBack(failure);
+    }
+    let result: pg.QueryResult;
+    try {
+      result = await this.#client.query('commit');
+    } catch (error) {
+      throw toTenantryError(error);
+    }
+    if (result.command !== 'COMMIT') throw rolledBack(undefined);
+  }
+
+  async rollback(): Promise<void> {
+    if (this.#state === 'one-shot' || this.#state === 'closed') {
+      this.#state = 'closed';
+      return;
+    }
+    this.#state = 'closed';
+    await this.settle();
+    await this.#client.query('rollback');
+  }
+}
+
+function rolledBack(cause: unknown): TenantryError {
+  if (cause instanceof TenantryError) return cause;
+  return new TenantryError(
+    'TENANTRY_ERR_TRANSACTION_ROLLED_BACK',
+    'The transaction was rolled back because a statement in it failed.',
+    { cause },
+  );
+}
+
+class TenantryDriver implements Driver {
+  readonly #pool: pg.Pool;
+  readonly #storage: AsyncLocalStorage<UnitOfWork>;
+
+  constructor(pool: pg.Pool, storage: AsyncLocalStorage<UnitOfWork>) {
+    this.#pool = pool;
+    this.#storage = storage;
+  }
+
+  async init(): Promise<void> {}
+
+  async acquireConnection(): Promise<DatabaseConnection> {
+    const unit = this.#storage.getStore();
+    if (unit?.isOpen) return unit;
+    return new PooledConnection(await connectClient(this.#pool));
+  }
+
+  async beginTransaction(connection: DatabaseConnection, settings: TransactionSettings): Promise<void> {
+    if (connection instanceof UnitOfWork) {
+      await this.#savepointQuery(connection, 'savepoint');
+      return;
+    }
+    let statement = 'begin';
+    if (settings.isolationLevel !== undefined) statement += ` isolation level ${settings.isolationLevel}`;
+    if (settings.accessMode !== undefined) statement += ` ${settings.accessMode}`;
+    await (connection as PooledConnection).client.query(statement);
+  }
+
+  async commitTransaction(connection: DatabaseConnection): Promise<void> {
+    if (connection instanceof UnitOfWork) await this.#savepointQuery(connection, 'release savepoint');
+    else await (connection as PooledConnection).client.query('commit');
+  }
+
+  async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
+    if (connection instanceof UnitOfWork) await this.#savepointQuery(connection, 'rollback to savepoint');
+    else await (connection as PooledConnection).client.query('rollback');
+  }
+
+  #savepointNames = new WeakMap<UnitOfWork, string[]>();
+
+  async #savepointQuery(unit: UnitOfWork, verb: 'savepoint' | 'release savepoint' | 'rollback to savepoint'): Promise<void> {
+    const stack = this.#savepointNames.get(unit) ?? [];
+    this.#savepointNames.set(unit, stack);
+    const name = verb === 'savepoint' ? unit.nextSavepoint() : stack.pop();
+    if (name === undefined) return;
+    if (verb === 'savepoint') stack.push(name);
+    await unit.executeQuery(CompiledQuery.raw(`${verb} ${name}`));
+  }
+
+  async releaseConnection(connection: DatabaseConnection): Promise<void> {
+    if (connection instanceof PooledConnection) connection.client.release();
+  }
+
+  async destroy(): Promise<void> {
+    await this.#pool.end();
+  }
+}
+
+async function connectClient(pool: pg.Pool): Promise<pg.PoolClient> {
+  try {
+    return await pool.connect();
+  } catch (error) {
+    const mapped = toTenantryError(error);
+    if (mapped instanceof TenantryError) throw mapped;
+    throw new TenantryError('TENANTRY_ERR_DB_UNAVAILABLE', 'The database is unavailable; try again shortly.', {
+      cause: error,
+    });
+  }
+}
+
+/**
+ * Discovers tenant tables: relations with a `tenant_id` column in the managed schemas.
+ * Partitions are left out: the app role reaches them only through their parent.
+ */
+const discoverTenantTablesSql = `
+  select n.nspname as schema, c.relname as name
+  from pg_catalog.pg_class c
+  join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+  join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped
+  where c.relkind in ('r', 'p', 'v', 'm', 'f') and not c.relispartition and n.nspname = any($1::text[])`;
+
+/**
+ * Creates a Tenantry instance on the app role's connection pool.
+ *
+ * @example
+ * ```ts
+ * import { createTenantry } from 'tenantry';
+ * const tenantry = await createTenantry<DB>({ connectionString: process.env.APP_DATABASE_URL });
+ * const contacts = await tenantry.withTenant(tenantId, (db) =>
+ *   db.selectFrom('contacts').selectAll().execute(),
+ * );
+ * const one = await tenantry.oneShot(tenantId, (db) =>
+ *   db.selectFrom('contacts').selectAll().where('id', '=', contactId).executeTakeFirst(),
+ * );
+ * await tenantry.close();
+ * ```
+ */
+export async function createTenantry<DB>(options: TenantryOptions): Promise<Tenantry<DB>> {
+  const settings = Object.freeze({ ...defaults, ...stripUndefined(options) });
+  if (typeof settings.connectionString !== 'string' || settings.connectionString === '') {
+    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'connectionString (the app role) is required.');
+  }
+  for (const key of ['maxConnections', 'statementTimeoutMs', 'idleInTransactionTimeoutMs'] as const) {
+    if (!Number.isInteger(settings[key]) || settings[key] < 1) {
+      throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', `${key} must be a positive integer.`);
+    }
+  }
+  if (!Number.isInteger(settings.serializationRetries) || settings.serializationRetries < 0) {
+    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'serializationRetries must be a non-negative integer.');
+  }
+  const logger = options.logger ?? silentLogger;
+  const pool = new pg.Pool({
+    connectionString: settings.connectionString,
+    max: settings.maxConnections,
+    statement_timeout: settings.statementTimeoutMs,
+    idle_in_transaction_session_timeout: settings.idleInTransactionTimeoutMs,
+    pipeline: true,
+  } as pg.PoolConfig);
+  pool.on('error', (error) => logger.warn({ err: error }, 'idle database connection failed'));
+
+  let tenantTables: Set<string>;
+  try {
+    tenantTables = new Set(options.tenantTables ?? (await discoverTenantTables(pool, options.schemas ?? ['public'])));
+  } catch (error) {
+    await pool.end().catch(() => undefined);
+    throw toTenantryError(error);
+  }
+
+  const storage = new AsyncLocalStorage<UnitOfWork>();
+  const currentUnit = () => {
+    const unit = storage.getStore();
+    return unit?.isOpen ? unit : undefined;
+  };
+  const driver = new TenantryDriver(pool, storage);
+  const dialect: Dialect = {
+    createAdapter: () => new PostgresAdapter(),
+    createDriver: () => driver,
+    createIntrospector: (db) => new PostgresIntrospector(db),
+    createQueryCompiler: () => new PostgresQueryCompiler(),
+  };
+  const plugins: KyselyPlugin[] = [];
+  if ((options.guard ?? 'enforce') === 'enforce') {
+    plugins.push(createTenantGuardPlugin({ tenantTables, currentTenantId: () => currentUnit()?.context.tenantId }));
+  }
+  plugins.push(...(options.plugins ?? []));
+  const db = new Kysely<DB>({ dialect, plugins });
+
+  const joinOrFail = (context: TenantContext, unit: UnitOfWork) => {
+    if (unit.context.tenantId !== context.tenantId || unit.context.userId !== context.userId) {
+      throw new TenantryError(
+        'TENANTRY_ERR_CONTEXT_MISMATCH',
+        'A unit of work for another tenant or user was started inside an open one; run it outside instead.',
+      );
+    }
+  };
+
+  async function runUnit<T>(
+    context: TenantContext,
+    fn: (db: Kysely<DB>) => Promise<T>,
+    unitOptions: UnitOfWorkOptions | undefined,
+    oneShot: boolean,
+  ): Promise<T> {
+    const client = await connectClient(pool);
+    const unit = new UnitOfWork(client, context, contextStatement(context, unitOptions), oneShot);
+    let result: T;
+    try {
+      result = await storage.run(unit, () => fn(db));
+      await unit.commit();
+    } catch (error) {
+      const mapped = toTenantryError(error);
+      let broken = mapped instanceof TenantryError && mapped.code === 'TENANTRY_ERR_DB_UNAVAILABLE';
+      await unit.rollback().catch(() => {
+        broken = true;
+      });
+      // A connection whose transaction state is unknown must never go back to the pool.
+      client.release(broken ? new Error('tenantry: discarding connection after a failed unit of work') : undefined);
+      throw mapped;
+    }
+    client.release();
+    return result;
+  }
+
+  return Object.freeze({
+    db,
+    tenantTables,
+    async withTenant<T>(tenant: TenantSelector, fn: (db: Kysely<DB>) => Promise<T>, unitOptions?: UnitOfWorkOptions) {
+      const context = parseSelector(tenant);
+      const open = currentUnit();
+      if (open !== undefined) {
+        joinOrFail(context, open);
+        return fn(db);
+      }
+      for (let attempt = 0; ; attempt++) {
+        try {
+          return await runUnit(context, fn, unitOptions, false);
+        } catch (error) {
+          if (attempt >= settings.serializationRetries || !isRetryableError(error)) throw error;
+          logger.debug({ attempt, tenantId: context.tenantId }, 'retrying unit of work after serialization failure');
+          await delay(5 * 2 ** attempt + Math.random() * 10);
+        }
+      }
+    },
+    async oneShot<T>(tenant: TenantSelector, fn: (db: Kysely<DB>) => Promise<T>) {
+      const context = parseSelector(tenant);
+      const open = currentUnit();
+      if (open !== undefined) {
+        joinOrFail(context, open);
+        return fn(db);
+      }
+      return runUnit(context, fn, undefined, true);
+    },
+    currentContext() {
+      return currentUnit()?.context;
+    },
+    async close() {
+      await db.destroy();
+    },
+  });
+}
+
+async function discoverTenantTables(pool: pg.Pool, schemas: readonly string[]): Promise<string[]> {
+  const result = await pool.query<{ schema: string; name: string }>(discoverTenantTablesSql, [schemas]);
+  return result.rows.flatMap((row) => [row.name, `${row.schema}.${row.name}`]);
+}
+
+function stripUndefined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, entry]) => entry !== undefined)) as Partial<T>;
+}
