@@ -3,4 +3,6 @@
 import { existsSync } from 'node:fs';
 
 const compiled = new URL('../dist/cli/main.js', import.meta.url);
-await import(existsSync(compiled) ? compiled.href : new URL('../src/cli/main.ts', import.meta.url).href);
+await import(
+  existsSync(compiled) ? compiled.href : new URL('../src/cli/main.ts', import.meta.url).href
+);

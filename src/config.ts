@@ -49,7 +49,10 @@ export function resolveRoleNames(roles: Partial<RoleNames> | undefined): RoleNam
     analytics: parseIdentifier(roles?.analytics ?? defaultRoleNames.analytics, 'roles.analytics'),
   };
   if (new Set(Object.values(resolved)).size !== 3) {
-    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'The owner, app and analytics roles must be three different roles.');
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      'The owner, app and analytics roles must be three different roles.',
+    );
   }
   return Object.freeze(resolved);
 }
@@ -62,7 +65,10 @@ export function quoteIdentifier(name: string): string {
 /** Quotes a string literal for SQL, for the few statements that cannot take parameters. */
 export function quoteLiteral(value: string): string {
   if (value.includes('\0')) {
-    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'SQL literals cannot contain NUL characters.');
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      'SQL literals cannot contain NUL characters.',
+    );
   }
   const body = value.replaceAll("'", "''");
   return value.includes('\\') ? ` E'${body.replaceAll('\\', '\\\\')}'` : `'${body}'`;

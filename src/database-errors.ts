@@ -23,11 +23,46 @@ const invalidValue: SqlStateRule = {
  * which can name constraints, columns or another tenant's values.
  */
 const sqlStateRules: ReadonlyMap<string, SqlStateRule> = new Map([
-  ['40001', { code: 'TENANTRY_ERR_DB_SERIALIZATION', message: 'The transaction conflicted with a concurrent one.', retryable: true }],
-  ['40P01', { code: 'TENANTRY_ERR_DB_SERIALIZATION', message: 'The transaction was chosen as a deadlock victim.', retryable: true }],
-  ['23505', { code: 'TENANTRY_ERR_DB_CONFLICT', message: 'A row with the same unique value already exists.', retryable: false }],
-  ['23503', { code: 'TENANTRY_ERR_DB_INVALID_REFERENCE', message: 'A referenced row does not exist.', retryable: false }],
-  ['42501', { code: 'TENANTRY_ERR_DB_FORBIDDEN', message: 'The row is not accessible in this tenant.', retryable: false }],
+  [
+    '40001',
+    {
+      code: 'TENANTRY_ERR_DB_SERIALIZATION',
+      message: 'The transaction conflicted with a concurrent one.',
+      retryable: true,
+    },
+  ],
+  [
+    '40P01',
+    {
+      code: 'TENANTRY_ERR_DB_SERIALIZATION',
+      message: 'The transaction was chosen as a deadlock victim.',
+      retryable: true,
+    },
+  ],
+  [
+    '23505',
+    {
+      code: 'TENANTRY_ERR_DB_CONFLICT',
+      message: 'A row with the same unique value already exists.',
+      retryable: false,
+    },
+  ],
+  [
+    '23503',
+    {
+      code: 'TENANTRY_ERR_DB_INVALID_REFERENCE',
+      message: 'A referenced row does not exist.',
+      retryable: false,
+    },
+  ],
+  [
+    '42501',
+    {
+      code: 'TENANTRY_ERR_DB_FORBIDDEN',
+      message: 'The row is not accessible in this tenant.',
+      retryable: false,
+    },
+  ],
   ['23502', invalidValue],
   ['23514', invalidValue],
   ['22P02', invalidValue],
@@ -37,7 +72,14 @@ const sqlStateRules: ReadonlyMap<string, SqlStateRule> = new Map([
   ['22008', invalidValue],
   ['22023', invalidValue],
   ['22021', invalidValue],
-  ['57014', { code: 'TENANTRY_ERR_DB_TIMEOUT', message: 'The statement took too long and was cancelled.', retryable: false }],
+  [
+    '57014',
+    {
+      code: 'TENANTRY_ERR_DB_TIMEOUT',
+      message: 'The statement took too long and was cancelled.',
+      retryable: false,
+    },
+  ],
   ['53300', unavailable],
   ['57P01', unavailable],
   ['57P02', unavailable],
@@ -49,7 +91,14 @@ const sqlStateRules: ReadonlyMap<string, SqlStateRule> = new Map([
   ['08006', unavailable],
 ]);
 
-const networkErrorCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH']);
+const networkErrorCodes = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'ENOTFOUND',
+  'EHOSTUNREACH',
+]);
 
 /**
  * Converts an error from `pg` into a {@link TenantryError} through the SQLSTATE table; other
@@ -64,12 +113,18 @@ export function toTenantryError(error: unknown): unknown {
   if (error instanceof TenantryError || typeof error !== 'object' || error === null) return error;
   const code = (error as { code?: unknown }).code;
   if (typeof code !== 'string') {
-    if (error instanceof Error && /Connection terminated|not queryable|Client has encountered a connection error/i.test(error.message)) {
+    if (
+      error instanceof Error &&
+      /Connection terminated|not queryable|Client has encountered a connection error/i.test(
+        error.message,
+      )
+    ) {
       return new TenantryError(unavailable.code, unavailable.message, { cause: error });
     }
     return error;
   }
-  if (networkErrorCodes.has(code)) return new TenantryError(unavailable.code, unavailable.message, { cause: error });
+  if (networkErrorCodes.has(code))
+    return new TenantryError(unavailable.code, unavailable.message, { cause: error });
   const rule = sqlStateRules.get(code);
   if (rule === undefined) {
     return new TenantryError('TENANTRY_ERR_DB_QUERY_FAILED', 'The database rejected the query.', {

@@ -1,13 +1,24 @@
-export { bootstrapDatabase, type BootstrapOptions, withCredentials, withDatabase } from './database/bootstrap.ts';
+export { defaultRoleNames, defaultTenantrySchema, type RoleNames } from './config.ts';
+export {
+  type BootstrapOptions,
+  bootstrapDatabase,
+  withCredentials,
+  withDatabase,
+} from './database/bootstrap.ts';
 export {
   type EmbeddedPostgresOptions,
   type EmbeddedPostgresSecrets,
   type EmbeddedPostgresServer,
   startEmbeddedPostgres,
 } from './database/embedded-postgres.ts';
-export { defaultRoleNames, defaultTenantrySchema, type RoleNames } from './config.ts';
 export { isRetryableError, toTenantryError } from './database-errors.ts';
-export { errorCodes, isTenantryError, TenantryError, type TenantryErrorCode, type TenantryErrorOptions } from './errors.ts';
+export {
+  errorCodes,
+  isTenantryError,
+  TenantryError,
+  type TenantryErrorCode,
+  type TenantryErrorOptions,
+} from './errors.ts';
 export { type Logger, silentLogger } from './logger.ts';
 export {
   type AppliedMigration,
@@ -17,8 +28,8 @@ export {
   type MigrationSource,
   migrate,
 } from './migrations/migrate.ts';
-export { isUuid, parseTenantId, parseUserId, type TenantId, type UserId } from './tenant-id.ts';
 export { createTenantGuardPlugin, type TenantGuardOptions } from './tenant-guard.ts';
+export { isUuid, parseTenantId, parseUserId, type TenantId, type UserId } from './tenant-id.ts';
 export {
   createTenantry,
   type TenantContext,

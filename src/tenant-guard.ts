@@ -17,8 +17,8 @@ import {
   ParensNode,
   type PluginTransformQueryArgs,
   type PluginTransformResultArgs,
-  type QueryId,
   PrimitiveValueListNode,
+  type QueryId,
   type QueryResult,
   ReferenceNode,
   type RootOperationNode,
@@ -107,7 +107,10 @@ class TenantGuardTransformer extends OperationNodeTransformer {
     return conditions;
   }
 
-  #scopeJoins(joins: readonly JoinNode[] | undefined, where: OperationNode[]): JoinNode[] | undefined {
+  #scopeJoins(
+    joins: readonly JoinNode[] | undefined,
+    where: OperationNode[],
+  ): JoinNode[] | undefined {
     if (joins === undefined) return undefined;
     return joins.map((join) => {
       const scope = this.#scopeOf(join.table);
@@ -121,7 +124,10 @@ class TenantGuardTransformer extends OperationNodeTransformer {
     });
   }
 
-  protected override transformSelectQuery(node: SelectQueryNode, queryId?: QueryId): SelectQueryNode {
+  protected override transformSelectQuery(
+    node: SelectQueryNode,
+    queryId?: QueryId,
+  ): SelectQueryNode {
     const transformed = super.transformSelectQuery(node, queryId);
     const conditions = this.#scopeTables(transformed.from?.froms ?? []);
     const joins = this.#scopeJoins(transformed.joins, conditions);
@@ -129,7 +135,10 @@ class TenantGuardTransformer extends OperationNodeTransformer {
     return { ...transformed, joins, where: withConditions(transformed.where, conditions) };
   }
 
-  protected override transformUpdateQuery(node: UpdateQueryNode, queryId?: QueryId): UpdateQueryNode {
+  protected override transformUpdateQuery(
+    node: UpdateQueryNode,
+    queryId?: QueryId,
+  ): UpdateQueryNode {
     const transformed = super.transformUpdateQuery(node, queryId);
     const targets = transformed.table === undefined ? [] : [transformed.table];
     const conditions = this.#scopeTables([...targets, ...(transformed.from?.froms ?? [])]);
@@ -143,7 +152,10 @@ class TenantGuardTransformer extends OperationNodeTransformer {
     return { ...transformed, joins, where: withConditions(transformed.where, conditions) };
   }
 
-  protected override transformDeleteQuery(node: DeleteQueryNode, queryId?: QueryId): DeleteQueryNode {
+  protected override transformDeleteQuery(
+    node: DeleteQueryNode,
+    queryId?: QueryId,
+  ): DeleteQueryNode {
     const transformed = super.transformDeleteQuery(node, queryId);
     const conditions = this.#scopeTables([
       ...transformed.from.froms,
@@ -154,13 +166,17 @@ class TenantGuardTransformer extends OperationNodeTransformer {
     return { ...transformed, joins, where: withConditions(transformed.where, conditions) };
   }
 
-  protected override transformInsertQuery(node: InsertQueryNode, queryId?: QueryId): InsertQueryNode {
+  protected override transformInsertQuery(
+    node: InsertQueryNode,
+    queryId?: QueryId,
+  ): InsertQueryNode {
     const transformed = super.transformInsertQuery(node, queryId);
     if (transformed.into === undefined) return transformed;
     const scope = this.#scopeOf(transformed.into);
     if (scope === undefined) return transformed;
     const tenantId = this.#requireTenant(scope.name);
-    for (const update of transformed.onConflict?.updates ?? []) this.#checkTenantAssignment(update, tenantId);
+    for (const update of transformed.onConflict?.updates ?? [])
+      this.#checkTenantAssignment(update, tenantId);
     const values = transformed.values;
     if (values === undefined || !ValuesNode.is(values)) return transformed;
     const columns = transformed.columns ?? [];
@@ -217,8 +233,12 @@ function and(left: OperationNode, right: OperationNode): OperationNode {
   return AndNode.create(ParensNode.create(left), right);
 }
 
-function withConditions(where: WhereNode | undefined, conditions: readonly OperationNode[]): WhereNode | undefined {
-  let combined: OperationNode | undefined = where === undefined ? undefined : ParensNode.create(where.where);
+function withConditions(
+  where: WhereNode | undefined,
+  conditions: readonly OperationNode[],
+): WhereNode | undefined {
+  let combined: OperationNode | undefined =
+    where === undefined ? undefined : ParensNode.create(where.where);
   for (const condition of conditions) {
     combined = combined === undefined ? condition : AndNode.create(combined, condition);
   }
@@ -245,7 +265,10 @@ function withConditions(where: WhereNode | undefined, conditions: readonly Opera
  * ```
  */
 export function createTenantGuardPlugin(options: TenantGuardOptions): KyselyPlugin {
-  const transformer = new TenantGuardTransformer(new Set(options.tenantTables), options.currentTenantId);
+  const transformer = new TenantGuardTransformer(
+    new Set(options.tenantTables),
+    options.currentTenantId,
+  );
   return Object.freeze({
     transformQuery(args: PluginTransformQueryArgs): RootOperationNode {
       return transformer.transformNode(args.node, args.queryId);

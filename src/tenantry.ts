@@ -17,8 +17,8 @@ import pg from 'pg';
 import { isRetryableError, toTenantryError } from './database-errors.ts';
 import { TenantryError } from './errors.ts';
 import { type Logger, silentLogger } from './logger.ts';
-import { parseTenantId, parseUserId, type TenantId, type UserId } from './tenant-id.ts';
 import { createTenantGuardPlugin } from './tenant-guard.ts';
+import { parseTenantId, parseUserId, type TenantId, type UserId } from './tenant-id.ts';
 
 /** The tenant (and optionally the user) a unit of work runs for. */
 export interface TenantContext {
@@ -79,7 +79,11 @@ export interface Tenantry<DB> {
    * resolves, rolls back when it throws. Nested calls for the same tenant join the open unit of
    * work instead of taking a second connection.
    */
-  withTenant<T>(tenant: TenantSelector, fn: (db: Kysely<DB>) => Promise<T>, options?: UnitOfWorkOptions): Promise<T>;
+  withTenant<T>(
+    tenant: TenantSelector,
+    fn: (db: Kysely<DB>) => Promise<T>,
+    options?: UnitOfWorkOptions,
+  ): Promise<T>;
   /**
    * Runs a unit of work made of exactly one query, sending BEGIN, the context, the query and
    * COMMIT in one round trip.
@@ -102,7 +106,9 @@ function parseSelector(tenant: TenantSelector): TenantContext {
   if (typeof tenant === 'string') return { tenantId: parseTenantId(tenant) };
   if (typeof tenant !== 'object' || tenant === null) return { tenantId: parseTenantId(tenant) };
   const tenantId = parseTenantId(tenant.tenantId);
-  return tenant.userId === undefined ? { tenantId } : { tenantId, userId: parseUserId(tenant.userId) };
+  return tenant.userId === undefined
+    ? { tenantId }
+    : { tenantId, userId: parseUserId(tenant.userId) };
 }
 
 /**
@@ -112,10 +118,13 @@ function parseSelector(tenant: TenantSelector): TenantContext {
  */
 function contextStatement(context: TenantContext, options: UnitOfWorkOptions | undefined): string {
   let begin = 'begin';
-  if (options?.isolationLevel !== undefined) begin += ` isolation level ${isolationLevels[options.isolationLevel]}`;
-  if (options?.accessMode !== undefined) begin += options.accessMode === 'read only' ? ' read only' : ' read write';
+  if (options?.isolationLevel !== undefined)
+    begin += ` isolation level ${isolationLevels[options.isolationLevel]}`;
+  if (options?.accessMode !== undefined)
+    begin += options.accessMode === 'read only' ? ' read only' : ' read write';
   let statement = `${begin}; set local tenantry.tenant_id = '${parseTenantId(context.tenantId)}'`;
-  if (context.userId !== undefined) statement += `; set local tenantry.user_id = '${parseUserId(context.userId)}'`;
+  if (context.userId !== undefined)
+    statement += `; set local tenantry.user_id = '${parseUserId(context.userId)}'`;
   return statement;
 }
 
@@ -316,30 +325,39 @@ class TenantryDriver implements Driver {
     return new PooledConnection(await connectClient(this.#pool));
   }
 
-  async beginTransaction(connection: DatabaseConnection, settings: TransactionSettings): Promise<void> {
+  async beginTransaction(
+    connection: DatabaseConnection,
+    settings: TransactionSettings,
+  ): Promise<void> {
     if (connection instanceof UnitOfWork) {
       await this.#savepointQuery(connection, 'savepoint');
       return;
     }
     let statement = 'begin';
-    if (settings.isolationLevel !== undefined) statement += ` isolation level ${settings.isolationLevel}`;
+    if (settings.isolationLevel !== undefined)
+      statement += ` isolation level ${settings.isolationLevel}`;
     if (settings.accessMode !== undefined) statement += ` ${settings.accessMode}`;
     await (connection as PooledConnection).client.query(statement);
   }
 
   async commitTransaction(connection: DatabaseConnection): Promise<void> {
-    if (connection instanceof UnitOfWork) await this.#savepointQuery(connection, 'release savepoint');
+    if (connection instanceof UnitOfWork)
+      await this.#savepointQuery(connection, 'release savepoint');
     else await (connection as PooledConnection).client.query('commit');
   }
 
   async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
-    if (connection instanceof UnitOfWork) await this.#savepointQuery(connection, 'rollback to savepoint');
+    if (connection instanceof UnitOfWork)
+      await this.#savepointQuery(connection, 'rollback to savepoint');
     else await (connection as PooledConnection).client.query('rollback');
   }
 
   #savepointNames = new WeakMap<UnitOfWork, string[]>();
 
-  async #savepointQuery(unit: UnitOfWork, verb: 'savepoint' | 'release savepoint' | 'rollback to savepoint'): Promise<void> {
+  async #savepointQuery(
+    unit: UnitOfWork,
+    verb: 'savepoint' | 'release savepoint' | 'rollback to savepoint',
+  ): Promise<void> {
     const stack = this.#savepointNames.get(unit) ?? [];
     this.#savepointNames.set(unit, stack);
     const name = verb === 'savepoint' ? unit.nextSavepoint() : stack.pop();
@@ -363,9 +381,13 @@ async function connectClient(pool: pg.Pool): Promise<pg.PoolClient> {
   } catch (error) {
     const mapped = toTenantryError(error);
     if (mapped instanceof TenantryError) throw mapped;
-    throw new TenantryError('TENANTRY_ERR_DB_UNAVAILABLE', 'The database is unavailable; try again shortly.', {
-      cause: error,
-    });
+    throw new TenantryError(
+      'TENANTRY_ERR_DB_UNAVAILABLE',
+      'The database is unavailable; try again shortly.',
+      {
+        cause: error,
+      },
+    );
   }
 }
 
@@ -399,15 +421,25 @@ const discoverTenantTablesSql = `
 export async function createTenantry<DB>(options: TenantryOptions): Promise<Tenantry<DB>> {
   const settings = Object.freeze({ ...defaults, ...stripUndefined(options) });
   if (typeof settings.connectionString !== 'string' || settings.connectionString === '') {
-    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'connectionString (the app role) is required.');
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      'connectionString (the app role) is required.',
+    );
   }
-  for (const key of ['maxConnections', 'statementTimeoutMs', 'idleInTransactionTimeoutMs'] as const) {
+  for (const key of [
+    'maxConnections',
+    'statementTimeoutMs',
+    'idleInTransactionTimeoutMs',
+  ] as const) {
     if (!Number.isInteger(settings[key]) || settings[key] < 1) {
       throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', `${key} must be a positive integer.`);
     }
   }
   if (!Number.isInteger(settings.serializationRetries) || settings.serializationRetries < 0) {
-    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'serializationRetries must be a non-negative integer.');
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      'serializationRetries must be a non-negative integer.',
+    );
   }
   const logger = options.logger ?? silentLogger;
   const pool = new pg.Pool({
@@ -421,7 +453,9 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
 
   let tenantTables: Set<string>;
   try {
-    tenantTables = new Set(options.tenantTables ?? (await discoverTenantTables(pool, options.schemas ?? ['public'])));
+    tenantTables = new Set(
+      options.tenantTables ?? (await discoverTenantTables(pool, options.schemas ?? ['public'])),
+    );
   } catch (error) {
     await pool.end().catch(() => undefined);
     throw toTenantryError(error);
@@ -441,7 +475,12 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
   };
   const plugins: KyselyPlugin[] = [];
   if ((options.guard ?? 'enforce') === 'enforce') {
-    plugins.push(createTenantGuardPlugin({ tenantTables, currentTenantId: () => currentUnit()?.context.tenantId }));
+    plugins.push(
+      createTenantGuardPlugin({
+        tenantTables,
+        currentTenantId: () => currentUnit()?.context.tenantId,
+      }),
+    );
   }
   plugins.push(...(options.plugins ?? []));
   const db = new Kysely<DB>({ dialect, plugins });
@@ -474,7 +513,11 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
         broken = true;
       });
       // A connection whose transaction state is unknown must never go back to the pool.
-      client.release(broken ? new Error('tenantry: discarding connection after a failed unit of work') : undefined);
+      client.release(
+        broken
+          ? new Error('tenantry: discarding connection after a failed unit of work')
+          : undefined,
+      );
       throw mapped;
     }
     client.release();
@@ -484,7 +527,11 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
   return Object.freeze({
     db,
     tenantTables,
-    async withTenant<T>(tenant: TenantSelector, fn: (db: Kysely<DB>) => Promise<T>, unitOptions?: UnitOfWorkOptions) {
+    async withTenant<T>(
+      tenant: TenantSelector,
+      fn: (db: Kysely<DB>) => Promise<T>,
+      unitOptions?: UnitOfWorkOptions,
+    ) {
       const context = parseSelector(tenant);
       const open = currentUnit();
       if (open !== undefined) {
@@ -496,7 +543,10 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
           return await runUnit(context, fn, unitOptions, false);
         } catch (error) {
           if (attempt >= settings.serializationRetries || !isRetryableError(error)) throw error;
-          logger.debug({ attempt, tenantId: context.tenantId }, 'retrying unit of work after serialization failure');
+          logger.debug(
+            { attempt, tenantId: context.tenantId },
+            'retrying unit of work after serialization failure',
+          );
           await delay(5 * 2 ** attempt + Math.random() * 10);
         }
       }
@@ -520,10 +570,14 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
 }
 
 async function discoverTenantTables(pool: pg.Pool, schemas: readonly string[]): Promise<string[]> {
-  const result = await pool.query<{ schema: string; name: string }>(discoverTenantTablesSql, [schemas]);
+  const result = await pool.query<{ schema: string; name: string }>(discoverTenantTablesSql, [
+    schemas,
+  ]);
   return result.rows.flatMap((row) => [row.name, `${row.schema}.${row.name}`]);
 }
 
 function stripUndefined<T extends object>(value: T): Partial<T> {
-  return Object.fromEntries(Object.entries(value).filter(([, entry]) => entry !== undefined)) as Partial<T>;
+  return Object.fromEntries(
+    Object.entries(value).filter(([, entry]) => entry !== undefined),
+  ) as Partial<T>;
 }

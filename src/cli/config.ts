@@ -23,15 +23,21 @@ export interface CliConfig {
  * `TENANTRY_APP_DATABASE_URL`, `TENANTRY_ANALYTICS_DATABASE_URL`, `TENANTRY_DATA_DIR`,
  * `TENANTRY_MIGRATIONS_DIR`, `LOG_LEVEL`).
  */
-export function loadCliConfig(env: NodeJS.ProcessEnv = process.env, cwd: string = process.cwd()): CliConfig {
+export function loadCliConfig(
+  env: NodeJS.ProcessEnv = process.env,
+  cwd: string = process.cwd(),
+): CliConfig {
   const url = (name: string) => {
     const value = env[name];
     if (value === undefined || value === '') return undefined;
     try {
       const parsed = new URL(value);
-      if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') throw new Error(parsed.protocol);
+      if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:')
+        throw new Error(parsed.protocol);
     } catch (error) {
-      throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', `${name} must be a postgres:// URL.`, { cause: error });
+      throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', `${name} must be a postgres:// URL.`, {
+        cause: error,
+      });
     }
     return value;
   };

@@ -1,7 +1,10 @@
 import pg from 'pg';
 import { defaultRoleNames } from '../config.ts';
 import { bootstrapDatabase, withDatabase } from '../database/bootstrap.ts';
-import { type EmbeddedPostgresServer, startEmbeddedPostgres } from '../database/embedded-postgres.ts';
+import {
+  type EmbeddedPostgresServer,
+  startEmbeddedPostgres,
+} from '../database/embedded-postgres.ts';
 import { TenantryError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import type { CliConfig } from './config.ts';
@@ -23,7 +26,10 @@ export interface PreparedDatabase {
  * Starts the embedded server (no `DATABASE_URL`) or checks the external one, then makes sure
  * the roles and database exist.
  */
-export async function prepareDatabase(config: CliConfig, logger: Logger): Promise<PreparedDatabase> {
+export async function prepareDatabase(
+  config: CliConfig,
+  logger: Logger,
+): Promise<PreparedDatabase> {
   if (config.databaseUrl === undefined) {
     const server = await startEmbeddedPostgres({ directory: config.embeddedDirectory, logger });
     try {
@@ -43,7 +49,11 @@ export async function prepareDatabase(config: CliConfig, logger: Logger): Promis
     }
     return Object.freeze({
       adminUrl: server.connectionString(config.databaseName),
-      appUrl: server.connectionString(config.databaseName, defaultRoleNames.app, server.secrets.appPassword),
+      appUrl: server.connectionString(
+        config.databaseName,
+        defaultRoleNames.app,
+        server.secrets.appPassword,
+      ),
       analyticsUrl: server.connectionString(
         config.databaseName,
         defaultRoleNames.analytics,
@@ -109,4 +119,3 @@ async function isSuperuser(url: string): Promise<boolean> {
     await client.end().catch(() => undefined);
   }
 }
-

@@ -84,11 +84,15 @@ export async function bootstrapDatabase(options: BootstrapOptions): Promise<void
       await admin.query(`${verb} role ${role} with ${attributes[key]}${passwordClause}`);
       if (verb === 'create') logger.info({ role: roles[key] }, 'created role');
     }
-    await admin.query(`alter role ${quoteIdentifier(roles.analytics)} set default_transaction_read_only = on`);
+    await admin.query(
+      `alter role ${quoteIdentifier(roles.analytics)} set default_transaction_read_only = on`,
+    );
 
     const dbExists = await admin.query('select 1 from pg_database where datname = $1', [database]);
     if (dbExists.rowCount === 0) {
-      await admin.query(`create database ${quoteIdentifier(database)} owner ${quoteIdentifier(roles.owner)}`);
+      await admin.query(
+        `create database ${quoteIdentifier(database)} owner ${quoteIdentifier(roles.owner)}`,
+      );
       logger.info({ database }, 'created database');
     }
   } finally {
@@ -140,7 +144,11 @@ export function withDatabase(connectionString: string, database: string): string
 }
 
 /** Returns the connection string with its user and password replaced. */
-export function withCredentials(connectionString: string, user: string, password: string | undefined): string {
+export function withCredentials(
+  connectionString: string,
+  user: string,
+  password: string | undefined,
+): string {
   const url = new URL(connectionString);
   url.username = encodeURIComponent(user);
   url.password = password === undefined ? '' : encodeURIComponent(password);

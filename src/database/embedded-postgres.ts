@@ -1,5 +1,5 @@
-import { randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { chown, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -183,7 +183,10 @@ export async function startEmbeddedPostgres(
       connectionString(database: string, user = superuser, password?: string) {
         const secret =
           password ?? (user === superuser ? state.secrets.superuserPassword : undefined);
-        const auth = secret === undefined ? encodeURIComponent(user) : `${encodeURIComponent(user)}:${encodeURIComponent(secret)}`;
+        const auth =
+          secret === undefined
+            ? encodeURIComponent(user)
+            : `${encodeURIComponent(user)}:${encodeURIComponent(secret)}`;
         return `postgres://${auth}@${host}:${port}/${encodeURIComponent(database)}`;
       },
       stop() {
@@ -261,7 +264,11 @@ function isPortFree(port: number): Promise<boolean> {
  * A checkout under a private home folder is not reachable, so such a cluster lives under the
  * system temporary folder instead, keyed by the project path.
  */
-async function usableDirectory(directory: string, isRoot: boolean, logger: Logger): Promise<string> {
+async function usableDirectory(
+  directory: string,
+  isRoot: boolean,
+  logger: Logger,
+): Promise<string> {
   if (!isRoot) return directory;
   let current = dirname(directory);
   while (true) {

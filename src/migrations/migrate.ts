@@ -108,11 +108,16 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
   const names = new Set<string>();
   for (const source of sources) {
     if (names.has(source.name)) {
-      throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', `Migration source "${source.name}" is listed twice.`);
+      throw new TenantryError(
+        'TENANTRY_ERR_CONFIG_INVALID',
+        `Migration source "${source.name}" is listed twice.`,
+      );
     }
     names.add(source.name);
   }
-  const plan = await Promise.all(sources.map(async (source) => ({ source, files: await readMigrationFiles(source) })));
+  const plan = await Promise.all(
+    sources.map(async (source) => ({ source, files: await readMigrationFiles(source) })),
+  );
   const variables = {
     tenantry_schema: schema,
     owner_role: roles.owner,
@@ -149,9 +154,12 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
          );
          commit;`,
       );
-      const appliedRows = await client.query<{ source: string; version: number; name: string; checksum: string }>(
-        `select source, version, name, checksum from ${quoteIdentifier(schema)}.migrations`,
-      );
+      const appliedRows = await client.query<{
+        source: string;
+        version: number;
+        name: string;
+        checksum: string;
+      }>(`select source, version, name, checksum from ${quoteIdentifier(schema)}.migrations`);
       const applied = new Map(appliedRows.rows.map((row) => [`${row.source}:${row.version}`, row]));
       const done: AppliedMigration[] = [];
       let upToDate = 0;
@@ -174,7 +182,10 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
             continue;
           }
           const started = performance.now();
-          logger.info({ source: source.name, version: file.version, name: file.name, position, total }, 'applying migration');
+          logger.info(
+            { source: source.name, version: file.version, name: file.name, position, total },
+            'applying migration',
+          );
           try {
             await client.query('begin');
             if (asOwner) await client.query(`set local role ${quoteIdentifier(roles.owner)}`);
@@ -191,7 +202,10 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
               `Migration ${source.name}/${file.version}-${file.name} failed and was rolled back: ${
                 error instanceof Error ? error.message : String(error)
               }`,
-              { cause: error, details: { source: source.name, version: file.version, file: file.path } },
+              {
+                cause: error,
+                details: { source: source.name, version: file.version, file: file.path },
+              },
             );
           }
           const durationMs = Math.round(performance.now() - started);
@@ -201,7 +215,9 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
       logger.info({ applied: done.length, upToDate }, 'migrations complete');
       return Object.freeze({ applied: Object.freeze(done), upToDate });
     } finally {
-      await client.query('select pg_advisory_unlock(hashtextextended($1, 0))', [lockKey]).catch(() => undefined);
+      await client
+        .query('select pg_advisory_unlock(hashtextextended($1, 0))', [lockKey])
+        .catch(() => undefined);
     }
   } finally {
     await client.end().catch(() => undefined);
@@ -268,7 +284,10 @@ async function readMigrationFiles(source: MigrationSource): Promise<MigrationFil
 }
 
 /** Replaces psql-style `:"name"` and `:'name'` variables; other text is left untouched. */
-export function substituteVariables(sql: string, variables: Readonly<Record<string, string>>): string {
+export function substituteVariables(
+  sql: string,
+  variables: Readonly<Record<string, string>>,
+): string {
   return sql.replace(/:(["'])([a-z_]+)\1/g, (whole, quote: string, name: string) => {
     const value = variables[name];
     if (value === undefined) return whole;

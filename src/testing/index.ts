@@ -1,0 +1,8 @@
+export {
+  createTestDatabase,
+  readTestCluster,
+  type StartTestClusterOptions,
+  startTestCluster,
+  type TestCluster,
+  type TestDatabase,
+} from './test-database.ts';

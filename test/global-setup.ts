@@ -1,0 +1,14 @@
+import { startTestCluster } from 'tenantry/testing';
+
+let stop: (() => Promise<void>) | undefined;
+
+export async function globalSetup(): Promise<void> {
+  ({ stop } = await startTestCluster({
+    databaseUrl: process.env.TENANTRY_TEST_DATABASE_URL,
+    sources: [{ name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname }],
+  }));
+}
+
+export async function globalTeardown(): Promise<void> {
+  await stop?.();
+}
