@@ -1,0 +1,96 @@
+import { randomUUID } from 'node:crypto';
+import type { Kysely } from 'kysely';
+import pg from 'pg';
+import type { Tenantry } from 'tenantry';
+
+/** The reference schema's tables, as the tests use them. */
+export interface ReferenceDatabase {
+  contacts: { tenant_id: string; id: string; name: string; phone: string | null; email: string | null };
+  tags: { tenant_id: string; id: string; name: string };
+  contact_tags: { tenant_id: string; contact_id: string; tag_id: string };
+  conversations: { tenant_id: string; id: string; contact_id: string; subject: string | null; status: string };
+  messages: { tenant_id: string; id: string; conversation_id: string; direction: string; body: string };
+}
+
+/** Ids of the rows {@link seedTenant} created. */
+export interface SeededTenant {
+  readonly tenantId: string;
+  readonly contactId: string;
+  readonly tagId: string;
+  readonly conversationId: string;
+  readonly messageId: string;
+}
+
+/** Creates a tenant in the catalog (as the superuser) and one row in every reference table. */
+export async function seedTenant(
+  adminUrl: string,
+  tenantry: Tenantry<ReferenceDatabase>,
+  slug: string,
+): Promise<SeededTenant> {
+  const tenantId = randomUUID();
+  await withClient(adminUrl, (client) =>
+    client.query('insert into tenantry.tenants (id, slug, name) values ($1, $2, $3)', [tenantId, slug, slug]),
+  );
+  return tenantry.withTenant(tenantId, async (db: Kysely<ReferenceDatabase>) => {
+    const contact = await db
+      .insertInto('contacts')
+      .values({ name: `${slug} contact`, phone: `+1555${slug}` })
+      .returning('id')
+      .executeTakeFirstOrThrow();
+    const tag = await db.insertInto('tags').values({ name: `${slug} tag` }).returning('id').executeTakeFirstOrThrow();
+    await db.insertInto('contact_tags').values({ contact_id: contact.id, tag_id: tag.id }).execute();
+    const conversation = await db
+      .insertInto('conversations')
+      .values({ contact_id: contact.id, subject: `${slug} subject` })
+      .returning('id')
+      .executeTakeFirstOrThrow();
+    const message = await db
+      .insertInto('messages')
+      .values({ conversation_id: conversation.id, direction: 'inbound', body: `${slug} secret body` })
+      .returning('id')
+      .executeTakeFirstOrThrow();
+    return {
+      tenantId,
+      contactId: contact.id,
+      tagId: tag.id,
+      conversationId: conversation.id,
+      messageId: message.id,
+    };
+  });
+}
+
+/** Runs `fn` with a dedicated client that is closed afterwards. */
+export async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: url });
+  client.on('error', () => {});
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** Lists the tenant tables of the public schema from the catalog. */
+export async function listTenantTables(adminUrl: string): Promise<string[]> {
+  return withClient(adminUrl, async (client) => {
+    const result = await client.query<{ name: string }>(
+      `select c.relname as name from pg_class c
+       join pg_namespace n on n.oid = c.relnamespace
+       join pg_attribute a on a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped
+       where n.nspname = 'public' and c.relkind in ('r', 'p') and not c.relispartition
+       order by 1`,
+    );
+    return result.rows.map((row) => row.name);
+  });
+}
+
+/** Returns the SQLSTATE of a failed query, or 'ok' when it succeeded. */
+export async function sqlState(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+    return 'ok';
+  } catch (error) {
+    return String((error as { code?: unknown }).code);
+  }
+}
