@@ -72,6 +72,7 @@ const sqlStateRules: ReadonlyMap<string, SqlStateRule> = new Map([
   ['22008', invalidValue],
   ['22023', invalidValue],
   ['22021', invalidValue],
+  ['22012', invalidValue],
   [
     '57014',
     {

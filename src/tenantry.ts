@@ -248,7 +248,6 @@ class UnitOfWork implements DatabaseConnection {
     const query = runQuery(this.#client, compiled);
     const commit = this.#client.query('commit');
     const [began, ran, committed] = await Promise.allSettled([begin, query, commit]);
-    this.#state = 'closed';
     if (began.status === 'rejected') throw toTenantryError(began.reason);
     if (ran.status === 'rejected') throw ran.reason;
     if (committed.status === 'rejected') throw toTenantryError(committed.reason);

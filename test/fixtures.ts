@@ -1,15 +1,33 @@
 import { randomUUID } from 'node:crypto';
-import type { Kysely } from 'kysely';
+import type { Generated, Kysely } from 'kysely';
 import pg from 'pg';
 import type { Tenantry } from 'tenantry';
 
 /** The reference schema's tables, as the tests use them. */
 export interface ReferenceDatabase {
-  contacts: { tenant_id: string; id: string; name: string; phone: string | null; email: string | null };
-  tags: { tenant_id: string; id: string; name: string };
-  contact_tags: { tenant_id: string; contact_id: string; tag_id: string };
-  conversations: { tenant_id: string; id: string; contact_id: string; subject: string | null; status: string };
-  messages: { tenant_id: string; id: string; conversation_id: string; direction: string; body: string };
+  contacts: {
+    tenant_id: Generated<string>;
+    id: Generated<string>;
+    name: string;
+    phone: string | null;
+    email: string | null;
+  };
+  tags: { tenant_id: Generated<string>; id: Generated<string>; name: string };
+  contact_tags: { tenant_id: Generated<string>; contact_id: string; tag_id: string };
+  conversations: {
+    tenant_id: Generated<string>;
+    id: Generated<string>;
+    contact_id: string;
+    subject: string | null;
+    status: Generated<string>;
+  };
+  messages: {
+    tenant_id: Generated<string>;
+    id: Generated<string>;
+    conversation_id: string;
+    direction: string;
+    body: string;
+  };
 }
 
 /** Ids of the rows {@link seedTenant} created. */
@@ -29,7 +47,11 @@ export async function seedTenant(
 ): Promise<SeededTenant> {
   const tenantId = randomUUID();
   await withClient(adminUrl, (client) =>
-    client.query('insert into tenantry.tenants (id, slug, name) values ($1, $2, $3)', [tenantId, slug, slug]),
+    client.query('insert into tenantry.tenants (id, slug, name) values ($1, $2, $3)', [
+      tenantId,
+      slug,
+      slug,
+    ]),
   );
   return tenantry.withTenant(tenantId, async (db: Kysely<ReferenceDatabase>) => {
     const contact = await db
@@ -37,8 +59,15 @@ export async function seedTenant(
       .values({ name: `${slug} contact`, phone: `+1555${slug}` })
       .returning('id')
       .executeTakeFirstOrThrow();
-    const tag = await db.insertInto('tags').values({ name: `${slug} tag` }).returning('id').executeTakeFirstOrThrow();
-    await db.insertInto('contact_tags').values({ contact_id: contact.id, tag_id: tag.id }).execute();
+    const tag = await db
+      .insertInto('tags')
+      .values({ name: `${slug} tag` })
+      .returning('id')
+      .executeTakeFirstOrThrow();
+    await db
+      .insertInto('contact_tags')
+      .values({ contact_id: contact.id, tag_id: tag.id })
+      .execute();
     const conversation = await db
       .insertInto('conversations')
       .values({ contact_id: contact.id, subject: `${slug} subject` })
@@ -46,7 +75,11 @@ export async function seedTenant(
       .executeTakeFirstOrThrow();
     const message = await db
       .insertInto('messages')
-      .values({ conversation_id: conversation.id, direction: 'inbound', body: `${slug} secret body` })
+      .values({
+        conversation_id: conversation.id,
+        direction: 'inbound',
+        body: `${slug} secret body`,
+      })
       .returning('id')
       .executeTakeFirstOrThrow();
     return {
@@ -60,7 +93,10 @@ export async function seedTenant(
 }
 
 /** Runs `fn` with a dedicated client that is closed afterwards. */
-export async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+export async function withClient<T>(
+  url: string,
+  fn: (client: pg.Client) => Promise<T>,
+): Promise<T> {
   const client = new pg.Client({ connectionString: url });
   client.on('error', () => {});
   await client.connect();

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import type pg from 'pg';
-import { createTenantry, type Tenantry } from 'tenantry';
+import { createTenantry } from 'tenantry';
 import { createTestDatabase, type TestDatabase } from 'tenantry/testing';
 import {
   listTenantTables,
@@ -36,7 +36,11 @@ async function createScenario(): Promise<{ scenario: Scenario; close: () => Prom
 }
 
 /** Runs `fn` in a transaction with the given raw context statement, always rolled back. */
-async function inTransaction<T>(client: pg.Client, contextSql: string | undefined, fn: () => Promise<T>): Promise<T> {
+async function inTransaction<T>(
+  client: pg.Client,
+  contextSql: string | undefined,
+  fn: () => Promise<T>,
+): Promise<T> {
   await client.query('begin');
   try {
     if (contextSql !== undefined) await client.query(contextSql);
@@ -81,12 +85,17 @@ async function isolationViolations(scenario: Scenario, table: string): Promise<s
     });
   const bRow = await rowOf(b.tenantId);
   const aRow = await rowOf(a.tenantId);
-  if (bRow === undefined || aRow === undefined) return [`fixtures have no ${table} row for both tenants`];
-  const fresh = (row: Record<string, unknown>) => ('id' in row ? { ...row, id: randomUUID() } : row);
+  if (bRow === undefined || aRow === undefined)
+    return [`fixtures have no ${table} row for both tenants`];
+  const fresh = (row: Record<string, unknown>) =>
+    'id' in row ? { ...row, id: randomUUID() } : row;
   const insertSql = `insert into ${table} select * from jsonb_populate_record(null::${table}, $1)`;
   const bCount = async () =>
     withClient(database.adminUrl, async (admin) => {
-      const result = await admin.query(`select count(*)::int as n from ${table} where tenant_id = $1`, [b.tenantId]);
+      const result = await admin.query(
+        `select count(*)::int as n from ${table} where tenant_id = $1`,
+        [b.tenantId],
+      );
       return result.rows[0].n as number;
     });
   const bBefore = await bCount();
@@ -94,7 +103,8 @@ async function isolationViolations(scenario: Scenario, table: string): Promise<s
   await withClient(database.appUrl, async (app) => {
     await inTransaction(app, asTenant(a.tenantId), async () => {
       const seen = await app.query(`select tenant_id from ${table}`);
-      if (seen.rows.some((row) => row.tenant_id !== a.tenantId)) violations.push('select returned another tenant');
+      if (seen.rows.some((row) => row.tenant_id !== a.tenantId))
+        violations.push('select returned another tenant');
       if (seen.rowCount === 0) violations.push('select returned none of the own rows');
       const filtered = await app.query(`select 1 from ${table} where tenant_id = $1`, [b.tenantId]);
       if (filtered.rowCount !== 0) violations.push("select by B's tenant_id returned rows");
@@ -118,18 +128,28 @@ async function isolationViolations(scenario: Scenario, table: string): Promise<s
       if (state !== '42501') violations.push("insert with B's tenant_id");
     });
     await inTransaction(app, asTenant(a.tenantId), async () => {
-      const moved = await sqlState(app.query(`update ${table} set tenant_id = $1 where tenant_id = $2`, [b.tenantId, a.tenantId]));
+      const moved = await sqlState(
+        app.query(`update ${table} set tenant_id = $1 where tenant_id = $2`, [
+          b.tenantId,
+          a.tenantId,
+        ]),
+      );
       if (moved !== '42501') violations.push('update moved a row to B');
     });
     for (const foreignKey of await foreignKeysOf(database.adminUrl, table)) {
       const parentOfB = await withClient(database.adminUrl, async (admin) => {
-        const result = await admin.query(`select id from ${foreignKey.parent} where tenant_id = $1 limit 1`, [b.tenantId]);
+        const result = await admin.query(
+          `select id from ${foreignKey.parent} where tenant_id = $1 limit 1`,
+          [b.tenantId],
+        );
         return result.rows[0]?.id as string;
       });
       await inTransaction(app, asTenant(a.tenantId), async () => {
         const child = { ...fresh(aRow), [foreignKey.column]: parentOfB };
         if ((await sqlState(app.query(insertSql, [child]))) !== '23503') {
-          violations.push(`child row referenced B's ${foreignKey.parent} through ${foreignKey.column}`);
+          violations.push(
+            `child row referenced B's ${foreignKey.parent} through ${foreignKey.column}`,
+          );
         }
       });
     }
@@ -144,7 +164,8 @@ async function isolationViolations(scenario: Scenario, table: string): Promise<s
         if (changed.rowCount !== 0) violations.push(`${label}: update reached rows`);
       });
       await inTransaction(app, contextSql, async () => {
-        if ((await sqlState(app.query(insertSql, [fresh(aRow)]))) !== '42501') violations.push(`${label}: insert not refused by the policy`);
+        if ((await sqlState(app.query(insertSql, [fresh(aRow)]))) !== '42501')
+          violations.push(`${label}: insert not refused by the policy`);
       });
     }
     const autocommit = await app.query(`select 1 from ${table}`);
@@ -164,7 +185,13 @@ describe('SQL-level isolation matrix', () => {
   after(() => close());
 
   test('the matrix below covers every tenant table in the catalog', () => {
-    assert.deepEqual([...scenario.tables].sort(), ['contact_tags', 'contacts', 'conversations', 'messages', 'tags']);
+    assert.deepEqual([...scenario.tables].sort(), [
+      'contact_tags',
+      'contacts',
+      'conversations',
+      'messages',
+      'tags',
+    ]);
   });
 
   for (const table of ['contacts', 'tags', 'contact_tags', 'conversations', 'messages']) {
@@ -179,7 +206,9 @@ describe('SQL-level isolation matrix', () => {
       await app.query(asTenant(scenario.a.tenantId));
       assert.equal((await app.query('select 1 from contacts')).rowCount, 1);
       await app.query('commit');
-      const setting = await app.query("select current_setting('tenantry.tenant_id', true) as value");
+      const setting = await app.query(
+        "select current_setting('tenantry.tenant_id', true) as value",
+      );
       assert.equal(setting.rows[0].value, '');
       assert.equal((await app.query('select 1 from contacts')).rowCount, 0);
     });
@@ -214,14 +243,18 @@ describe('negative control: the matrix notices a broken table', () => {
 
   test('an extra permissive policy cannot widen access past the restrictive one', async () => {
     await withClient(scenario.database.adminUrl, (admin) =>
-      admin.query('create policy everyone on tags as permissive for all using (true) with check (true)'),
+      admin.query(
+        'create policy everyone on tags as permissive for all using (true) with check (true)',
+      ),
     );
     assert.deepEqual(await isolationViolations(scenario, 'tags'), []);
   });
 
   test('dropping the restrictive policy alone still isolates, dropping both exposes nothing either', async () => {
     await withClient(scenario.database.adminUrl, (admin) =>
-      admin.query('drop policy tenantry_tenant_isolation on messages; drop policy tenantry_tenant_rows on messages'),
+      admin.query(
+        'drop policy tenantry_tenant_isolation on messages; drop policy tenantry_tenant_rows on messages',
+      ),
     );
     const violations = await isolationViolations(scenario, 'messages');
     assert.ok(violations.includes('select returned none of the own rows'), violations.join('; '));

@@ -1,0 +1,505 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+import { sql } from 'kysely';
+import { createTenantry, isTenantryError, type Tenantry, type TenantryErrorCode } from 'tenantry';
+import { createTestDatabase, type TestDatabase } from 'tenantry/testing';
+import { type ReferenceDatabase, type SeededTenant, seedTenant, withClient } from './fixtures.ts';
+
+const hasCode = (code: TenantryErrorCode) => (error: unknown) => isTenantryError(error, code);
+
+let database: TestDatabase;
+let tenantry: Tenantry<ReferenceDatabase>;
+let a: SeededTenant;
+let b: SeededTenant;
+
+before(async () => {
+  database = await createTestDatabase();
+  tenantry = await createTenantry<ReferenceDatabase>({
+    connectionString: database.appUrl,
+    maxConnections: 4,
+  });
+  a = await seedTenant(database.adminUrl, tenantry, 'alpha');
+  b = await seedTenant(database.adminUrl, tenantry, 'bravo');
+});
+
+after(async () => {
+  await tenantry.close();
+  await database.drop();
+});
+
+async function countAsSuperuser(table: string, tenantId: string): Promise<number> {
+  return withClient(database.adminUrl, async (client) => {
+    const result = await client.query(
+      `select count(*)::int as n from ${table} where tenant_id = $1`,
+      [tenantId],
+    );
+    return result.rows[0].n as number;
+  });
+}
+
+describe('withTenant', () => {
+  test('discovers the tenant tables from the catalog', () => {
+    for (const table of [
+      'contacts',
+      'tags',
+      'contact_tags',
+      'conversations',
+      'messages',
+      'public.contacts',
+    ]) {
+      assert.ok(tenantry.tenantTables.has(table), table);
+    }
+    assert.ok(!tenantry.tenantTables.has('tenants'));
+  });
+
+  test('commits when fn resolves', async () => {
+    const id = await tenantry.withTenant(a.tenantId, async (db) => {
+      const row = await db
+        .insertInto('tags')
+        .values({ name: 'committed' })
+        .returning('id')
+        .executeTakeFirstOrThrow();
+      return row.id;
+    });
+    const seen = await tenantry.withTenant(a.tenantId, (db) =>
+      db.selectFrom('tags').select('name').where('id', '=', id).executeTakeFirst(),
+    );
+    assert.equal(seen?.name, 'committed');
+  });
+
+  test('rolls back when fn throws, and rethrows the error', async () => {
+    const before = await countAsSuperuser('tags', a.tenantId);
+    const failure = new Error('boom');
+    await assert.rejects(
+      tenantry.withTenant(a.tenantId, async (db) => {
+        await db.insertInto('tags').values({ name: 'rolled back' }).execute();
+        throw failure;
+      }),
+      (error) => error === failure,
+    );
+    assert.equal(await countAsSuperuser('tags', a.tenantId), before);
+  });
+
+  test('a failed statement whose error fn swallowed still rolls the whole unit back', async () => {
+    const before = await countAsSuperuser('tags', a.tenantId);
+    await assert.rejects(
+      tenantry.withTenant(a.tenantId, async (db) => {
+        await db.insertInto('tags').values({ name: 'first' }).execute();
+        await db
+          .insertInto('tags')
+          .values({ name: 'first' })
+          .execute()
+          .catch(() => undefined);
+        return 'ignored the conflict';
+      }),
+      hasCode('TENANTRY_ERR_DB_CONFLICT'),
+    );
+    assert.equal(await countAsSuperuser('tags', a.tenantId), before);
+  });
+
+  test('maps a unique violation to TENANTRY_ERR_DB_CONFLICT with the SQLSTATE and no server text', async () => {
+    await assert.rejects(
+      tenantry.withTenant(a.tenantId, (db) =>
+        db.insertInto('tags').values({ name: 'alpha tag' }).execute(),
+      ),
+      (error) => {
+        assert.ok(isTenantryError(error, 'TENANTRY_ERR_DB_CONFLICT'));
+        assert.equal(error.status, 409);
+        assert.equal(error.details?.sqlState, '23505');
+        assert.doesNotMatch(error.message, /tags_tenant_id_name_key|alpha tag/);
+        return true;
+      },
+    );
+  });
+
+  test('nested calls for the same tenant join the open transaction on the same connection', async () => {
+    const single = await createTenantry<ReferenceDatabase>({
+      connectionString: database.appUrl,
+      maxConnections: 1,
+    });
+    try {
+      const pids = await single.withTenant(a.tenantId, async (db) => {
+        const outer = await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(db);
+        const inner = await single.withTenant(a.tenantId, async (nested) => {
+          await nested.insertInto('tags').values({ name: 'nested' }).execute();
+          return sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(nested);
+        });
+        const sameTransaction = await db
+          .selectFrom('tags')
+          .select('id')
+          .where('name', '=', 'nested')
+          .execute();
+        assert.equal(sameTransaction.length, 1);
+        return [outer.rows[0]?.pid, inner.rows[0]?.pid];
+      });
+      assert.equal(pids[0], pids[1]);
+    } finally {
+      await single.close();
+    }
+  });
+
+  test('a nested call for another tenant is refused', async () => {
+    await assert.rejects(
+      tenantry.withTenant(a.tenantId, () => tenantry.withTenant(b.tenantId, async () => 'never')),
+      hasCode('TENANTRY_ERR_CONTEXT_MISMATCH'),
+    );
+  });
+
+  test('sets the user id when one is given', async () => {
+    const userId = randomUUID();
+    const settings = await tenantry.withTenant({ tenantId: a.tenantId, userId }, async (db) => {
+      const result = await sql<{ tenant: string; user: string }>`
+        select current_setting('tenantry.tenant_id') as tenant, current_setting('tenantry.user_id') as user`.execute(
+        db,
+      );
+      return result.rows[0];
+    });
+    assert.deepEqual(settings, { tenant: a.tenantId, user: userId });
+  });
+
+  test('Kysely transactions inside a unit of work become savepoints', async () => {
+    const names = await tenantry.withTenant(a.tenantId, async (db) => {
+      await db.insertInto('tags').values({ name: 'outer kept' }).execute();
+      await db
+        .transaction()
+        .execute(async (trx) => {
+          await trx.insertInto('tags').values({ name: 'inner undone' }).execute();
+          throw new Error('undo inner');
+        })
+        .catch(() => undefined);
+      return db
+        .selectFrom('tags')
+        .select('name')
+        .where('name', 'in', ['outer kept', 'inner undone'])
+        .execute();
+    });
+    assert.deepEqual(
+      names.map((row) => row.name),
+      ['outer kept'],
+    );
+  });
+});
+
+describe('pool hygiene', () => {
+  let single: Tenantry<ReferenceDatabase>;
+  before(async () => {
+    single = await createTenantry<ReferenceDatabase>({
+      connectionString: database.appUrl,
+      maxConnections: 1,
+    });
+  });
+  after(() => single.close());
+
+  const backendPid = async () =>
+    (await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(single.db)).rows[0]?.pid;
+  const visibleContacts = async () =>
+    (await sql<{ n: number }>`select count(*)::int as n from contacts`.execute(single.db)).rows[0]
+      ?.n;
+  const tenantSetting = async () =>
+    (
+      await sql<{
+        value: string | null;
+      }>`select current_setting('tenantry.tenant_id', true) as value`.execute(single.db)
+    ).rows[0]?.value;
+
+  test("after tenant A's unit of work, code without context on the same connection sees nothing", async () => {
+    const pidInside = await single.withTenant(a.tenantId, async (db) => {
+      assert.equal((await db.selectFrom('contacts').select('id').execute()).length, 1);
+      return (await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(db)).rows[0]?.pid;
+    });
+    assert.equal(await backendPid(), pidInside);
+    assert.equal(await visibleContacts(), 0);
+    assert.equal(await tenantSetting(), '');
+  });
+
+  test('an exception after the context is set leaves the next checkout clean', async () => {
+    await assert.rejects(
+      single.withTenant(a.tenantId, async (db) => {
+        await db.selectFrom('contacts').select('id').execute();
+        throw new Error('handler failed');
+      }),
+    );
+    assert.equal(await visibleContacts(), 0);
+    assert.equal(await tenantSetting(), '');
+  });
+
+  test('a failed statement leaves the next checkout clean and usable', async () => {
+    await assert.rejects(
+      single.withTenant(a.tenantId, (db) => sql`select 1/0`.execute(db)),
+      hasCode('TENANTRY_ERR_DB_INVALID_VALUE'),
+    );
+    assert.equal(await visibleContacts(), 0);
+    const next = await single.withTenant(b.tenantId, (db) =>
+      db.selectFrom('contacts').select('tenant_id').execute(),
+    );
+    assert.deepEqual(next, [{ tenant_id: b.tenantId }]);
+  });
+
+  test('a callback that outlives its unit of work cannot reach tenant tables', async () => {
+    let leaked: Promise<unknown> | undefined;
+    const { promise: unitEnded, resolve: endUnit } = Promise.withResolvers<void>();
+    await single.withTenant(a.tenantId, async (db) => {
+      leaked = (async () => {
+        await unitEnded;
+        return db.selectFrom('contacts').selectAll().execute();
+      })().then(
+        (rows) => rows,
+        (error: unknown) => error,
+      );
+    });
+    endUnit();
+    const outcome = await leaked;
+    assert.ok(isTenantryError(outcome, 'TENANTRY_ERR_CONTEXT_MISSING'), String(outcome));
+  });
+
+  test('10,000 interleaved units of work across 50 tenants at concurrency 20 see only their own rows', async () => {
+    const pool = await createTenantry<ReferenceDatabase>({
+      connectionString: database.appUrl,
+      maxConnections: 5,
+    });
+    try {
+      const tenants: string[] = [];
+      for (let i = 0; i < 50; i++) {
+        const tenantId = randomUUID();
+        tenants.push(tenantId);
+        await pool.withTenant(tenantId, (db) =>
+          db
+            .insertInto('contacts')
+            .values(Array.from({ length: 1 + (i % 3) }, (_, n) => ({ name: `t${i}-${n}` })))
+            .execute(),
+        );
+      }
+      let next = 0;
+      const wrong: string[] = [];
+      const worker = async () => {
+        while (next < 10_000) {
+          const index = next++;
+          const tenantIndex = (index * 7) % 50;
+          const tenantId = tenants[tenantIndex] as string;
+          const run = index % 2 === 0 ? pool.withTenant.bind(pool) : pool.oneShot.bind(pool);
+          const rows = await run(tenantId, (db) =>
+            sql<{ tenant_id: string }>`select tenant_id from contacts`.execute(db),
+          );
+          if (
+            rows.rows.length !== 1 + (tenantIndex % 3) ||
+            rows.rows.some((row) => row.tenant_id !== tenantId)
+          ) {
+            wrong.push(`${index}: ${tenantId}`);
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: 20 }, worker));
+      assert.deepEqual(wrong, []);
+    } finally {
+      await pool.close();
+    }
+  });
+});
+
+describe('oneShot', () => {
+  test('runs one query as a unit of work', async () => {
+    const row = await tenantry.oneShot(b.tenantId, (db) =>
+      db
+        .selectFrom('contacts')
+        .select(['id', 'tenant_id'])
+        .where('id', '=', b.contactId)
+        .executeTakeFirst(),
+    );
+    assert.deepEqual(row, { id: b.contactId, tenant_id: b.tenantId });
+  });
+
+  test("cannot see another tenant's row by id", async () => {
+    const row = await tenantry.oneShot(a.tenantId, (db) =>
+      db.selectFrom('contacts').selectAll().where('id', '=', b.contactId).executeTakeFirst(),
+    );
+    assert.equal(row, undefined);
+  });
+
+  test('commits a write, and a failing write commits nothing', async () => {
+    await tenantry.oneShot(a.tenantId, (db) =>
+      db.insertInto('tags').values({ name: 'one-shot' }).execute(),
+    );
+    const before = await countAsSuperuser('tags', a.tenantId);
+    await assert.rejects(
+      tenantry.oneShot(a.tenantId, (db) =>
+        db.insertInto('tags').values({ name: 'one-shot' }).execute(),
+      ),
+      hasCode('TENANTRY_ERR_DB_CONFLICT'),
+    );
+    assert.equal(await countAsSuperuser('tags', a.tenantId), before);
+  });
+
+  test('refuses a second query', async () => {
+    await assert.rejects(
+      tenantry.oneShot(a.tenantId, async (db) => {
+        await db.selectFrom('tags').select('id').execute();
+        await db.selectFrom('tags').select('id').execute();
+      }),
+      hasCode('TENANTRY_ERR_ONE_SHOT_SECOND_QUERY'),
+    );
+  });
+});
+
+describe('application guard', () => {
+  test('queries on tenant tables outside a tenant context throw before reaching the database', async () => {
+    const attempts = [
+      () => tenantry.db.selectFrom('contacts').selectAll().execute(),
+      () => tenantry.db.insertInto('tags').values({ name: 'x' }).execute(),
+      () => tenantry.db.updateTable('messages').set({ body: 'x' }).execute(),
+      () => tenantry.db.deleteFrom('conversations').execute(),
+      () =>
+        tenantry.db
+          .selectFrom('tenantry.tenants' as never)
+          .innerJoin('contacts', 'contacts.tenant_id' as never, 'tenantry.tenants.id' as never)
+          .selectAll()
+          .execute(),
+    ];
+    for (const attempt of attempts)
+      await assert.rejects(attempt(), hasCode('TENANTRY_ERR_CONTEXT_MISSING'));
+  });
+
+  test('non-tenant tables stay reachable outside a tenant context', async () => {
+    const rows = await sql<{
+      slug: string;
+    }>`select slug from tenantry.tenants order by slug`.execute(tenantry.db);
+    assert.ok(rows.rows.some((row) => row.slug === 'alpha'));
+  });
+
+  test('adds tenant_id = current to reads, in ON for joined tables', async () => {
+    const compiled = await tenantry.withTenant(a.tenantId, async (db) =>
+      db
+        .selectFrom('contacts as c')
+        .leftJoin('conversations', 'conversations.contact_id', 'c.id')
+        .select(['c.id'])
+        .where('c.name', '=', 'x')
+        .compile(),
+    );
+    assert.match(
+      compiled.sql,
+      /left join "conversations" on \("conversations"\."contact_id" = "c"\."id"\) and "conversations"\."tenant_id" = \$1/,
+    );
+    assert.match(compiled.sql, /where \("c"\."name" = \$2\) and "c"\."tenant_id" = \$3/);
+    assert.deepEqual(compiled.parameters, [a.tenantId, 'x', a.tenantId]);
+  });
+
+  test('an outer join keeps rows without a match', async () => {
+    const contact = await tenantry.withTenant(a.tenantId, async (db) => {
+      const created = await db
+        .insertInto('contacts')
+        .values({ name: 'lonely' })
+        .returning('id')
+        .executeTakeFirstOrThrow();
+      return db
+        .selectFrom('contacts')
+        .leftJoin('conversations', 'conversations.contact_id', 'contacts.id')
+        .select(['contacts.name', 'conversations.id as conversation'])
+        .where('contacts.id', '=', created.id)
+        .executeTakeFirst();
+    });
+    assert.deepEqual(contact, { name: 'lonely', conversation: null });
+  });
+
+  test('fills tenant_id on insert', async () => {
+    const row = await tenantry.withTenant(b.tenantId, (db) =>
+      db
+        .insertInto('tags')
+        .values({ name: 'filled' })
+        .returning('tenant_id')
+        .executeTakeFirstOrThrow(),
+    );
+    assert.equal(row.tenant_id, b.tenantId);
+  });
+
+  test('refuses writes that name another tenant, and nothing is written', async () => {
+    const before = await countAsSuperuser('tags', b.tenantId);
+    await assert.rejects(
+      tenantry.withTenant(a.tenantId, (db) =>
+        db.insertInto('tags').values({ name: 'smuggled', tenant_id: b.tenantId }).execute(),
+      ),
+      hasCode('TENANTRY_ERR_GUARD_TENANT_MISMATCH'),
+    );
+    await assert.rejects(
+      tenantry.withTenant(a.tenantId, (db) =>
+        db.updateTable('tags').set({ tenant_id: b.tenantId }).where('id', '=', a.tagId).execute(),
+      ),
+      hasCode('TENANTRY_ERR_GUARD_TENANT_MISMATCH'),
+    );
+    assert.equal(await countAsSuperuser('tags', b.tenantId), before);
+  });
+
+  test("an update by another tenant's id changes nothing", async () => {
+    const result = await tenantry.withTenant(a.tenantId, (db) =>
+      db
+        .updateTable('contacts')
+        .set({ name: 'hijacked' })
+        .where('id', '=', b.contactId)
+        .executeTakeFirst(),
+    );
+    assert.equal(result.numUpdatedRows, 0n);
+    const name = await withClient(database.adminUrl, async (client) => {
+      const row = await client.query('select name from contacts where id = $1', [b.contactId]);
+      return row.rows[0].name as string;
+    });
+    assert.equal(name, 'bravo contact');
+  });
+
+  test('with the guard off, RLS alone still hides every row outside a context', async () => {
+    const unguarded = await createTenantry<ReferenceDatabase>({
+      connectionString: database.appUrl,
+      guard: 'off',
+    });
+    try {
+      assert.deepEqual(await unguarded.db.selectFrom('contacts').selectAll().execute(), []);
+      await assert.rejects(
+        unguarded.db
+          .insertInto('tags')
+          .values({ name: 'no tenant', tenant_id: a.tenantId })
+          .execute(),
+        hasCode('TENANTRY_ERR_DB_FORBIDDEN'),
+      );
+    } finally {
+      await unguarded.close();
+    }
+  });
+});
+
+describe('tenant id validation happens before any SQL', () => {
+  test('hostile ids are rejected without touching the database', async () => {
+    const unreachable = await createTenantry<ReferenceDatabase>({
+      connectionString: 'postgres://tenantry_app:x@127.0.0.1:1/none',
+      tenantTables: ['contacts'],
+    });
+    try {
+      for (const hostile of [
+        `${a.tenantId}'; set local tenantry.tenant_id = '${b.tenantId}`,
+        `${a.tenantId};`,
+        ` ${a.tenantId}`,
+        `{${a.tenantId}}`,
+        "'' or true",
+      ]) {
+        await assert.rejects(
+          unreachable.withTenant(hostile, async () => 'never'),
+          hasCode('TENANTRY_ERR_TENANT_ID_INVALID'),
+        );
+        await assert.rejects(
+          unreachable.oneShot({ tenantId: a.tenantId, userId: hostile }, async () => 'never'),
+          hasCode('TENANTRY_ERR_USER_ID_INVALID'),
+        );
+      }
+      await assert.rejects(
+        unreachable.withTenant(a.tenantId, async () => 'x'),
+        hasCode('TENANTRY_ERR_DB_UNAVAILABLE'),
+      );
+    } finally {
+      await unreachable.close();
+    }
+  });
+
+  test('an uppercase id is canonicalised and selects the same tenant', async () => {
+    const rows = await tenantry.withTenant(a.tenantId.toUpperCase(), (db) =>
+      db.selectFrom('contacts').select('tenant_id').where('id', '=', a.contactId).execute(),
+    );
+    assert.deepEqual(rows, [{ tenant_id: a.tenantId }]);
+  });
+});
