@@ -40,7 +40,7 @@ export const errorCodes = Object.freeze({
   },
   TENANTRY_ERR_STREAMING_UNSUPPORTED: {
     status: 500,
-    title: 'Streaming is not available on a pipelined tenant connection',
+    title: 'Streaming is not available in a tenant unit of work',
   },
   TENANTRY_ERR_ONE_SHOT_SECOND_QUERY: {
     status: 500,

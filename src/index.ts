@@ -13,6 +13,16 @@ export {
 } from './database/embedded-postgres.ts';
 export { isRetryableError, toTenantryError } from './database-errors.ts';
 export {
+  type DoctorFinding,
+  type DoctorFindingKind,
+  type DoctorOptions,
+  type DoctorReport,
+  doctorFindingKinds,
+  formatDoctorReport,
+  runDoctor,
+  trustedSecurityDefinerFunctions,
+} from './doctor/doctor.ts';
+export {
   errorCodes,
   isTenantryError,
   TenantryError,

@@ -14,6 +14,7 @@ import {
   type TransactionSettings,
 } from 'kysely';
 import pg from 'pg';
+import { ContextStatement } from './context-statement.ts';
 import { isRetryableError, toTenantryError } from './database-errors.ts';
 import { TenantryError } from './errors.ts';
 import { type Logger, silentLogger } from './logger.ts';
@@ -112,20 +113,23 @@ function parseSelector(tenant: TenantSelector): TenantContext {
 }
 
 /**
- * Builds the statement that opens a unit of work. The ids are validated UUIDs (hex and hyphens
+ * Builds the statements that open a unit of work. The ids are validated UUIDs (hex and hyphens
  * only), so the literals are safe; `SET LOCAL` is used because Citus forwards it to workers and
  * does not forward `set_config()`.
  */
-function contextStatement(context: TenantContext, options: UnitOfWorkOptions | undefined): string {
+function contextStatements(
+  context: TenantContext,
+  options: UnitOfWorkOptions | undefined,
+): string[] {
   let begin = 'begin';
   if (options?.isolationLevel !== undefined)
     begin += ` isolation level ${isolationLevels[options.isolationLevel]}`;
   if (options?.accessMode !== undefined)
     begin += options.accessMode === 'read only' ? ' read only' : ' read write';
-  let statement = `${begin}; set local tenantry.tenant_id = '${parseTenantId(context.tenantId)}'`;
+  const statements = [begin, `set local tenantry.tenant_id = '${parseTenantId(context.tenantId)}'`];
   if (context.userId !== undefined)
-    statement += `; set local tenantry.user_id = '${parseUserId(context.userId)}'`;
-  return statement;
+    statements.push(`set local tenantry.user_id = '${parseUserId(context.userId)}'`);
+  return statements;
 }
 
 const isolationLevels = {
@@ -153,7 +157,7 @@ async function runQuery(client: pg.PoolClient, compiled: CompiledQuery): Promise
 function streamingUnsupported(): never {
   throw new TenantryError(
     'TENANTRY_ERR_STREAMING_UNSUPPORTED',
-    'Tenantry connections are pipelined and cannot hold a cursor open; page with keyset pagination instead.',
+    'Tenantry connections do not hold cursors open; page with keyset pagination instead.',
   );
 }
 
@@ -172,34 +176,34 @@ class PooledConnection implements DatabaseConnection {
 }
 
 /**
- * One tenant transaction on one pooled connection. The context statement is sent without
- * waiting, so it travels in the same round trip as the first query (pg pipeline mode); every
- * query result is handed out only after the context statement succeeded.
+ * One tenant transaction on one pooled connection. Nothing is sent until the first query, which
+ * carries `BEGIN` and the context in the same round trip (one Sync); a unit of work that runs no
+ * query costs no statement at all.
  */
 class UnitOfWork implements DatabaseConnection {
   readonly context: TenantContext;
   readonly #client: pg.PoolClient;
-  readonly #contextSql: string;
-  readonly #pending = new Set<Promise<unknown>>();
-  #ready: Promise<unknown> | undefined;
-  #state: 'open' | 'one-shot' | 'closed';
+  readonly #prefix: readonly string[];
+  readonly #oneShot: boolean;
+  #state: 'idle' | 'begun' | 'done' | 'closed' = 'idle';
+  #pending = new Set<Promise<unknown>>();
   #failure: unknown;
   #savepoints = 0;
 
-  constructor(client: pg.PoolClient, context: TenantContext, contextSql: string, oneShot: boolean) {
+  constructor(
+    client: pg.PoolClient,
+    context: TenantContext,
+    prefix: readonly string[],
+    oneShot: boolean,
+  ) {
     this.#client = client;
     this.context = context;
-    this.#contextSql = contextSql;
-    this.#state = oneShot ? 'one-shot' : 'open';
-    if (!oneShot) this.#ready = this.#track(this.#client.query(contextSql));
+    this.#prefix = prefix;
+    this.#oneShot = oneShot;
   }
 
   get isOpen(): boolean {
     return this.#state !== 'closed';
-  }
-
-  get sentQuery(): boolean {
-    return this.#ready !== undefined;
   }
 
   nextSavepoint(): string {
@@ -213,7 +217,7 @@ class UnitOfWork implements DatabaseConnection {
       () => this.#pending.delete(promise),
       (error: unknown) => {
         this.#pending.delete(promise);
-        this.#failure ??= error;
+        this.#failure ??= toTenantryError(error);
       },
     );
     return promise;
@@ -226,10 +230,18 @@ class UnitOfWork implements DatabaseConnection {
         'This unit of work has already committed or rolled back; start a new one with withTenant().',
       );
     }
-    if (this.#state === 'one-shot') return this.#executeOneShot<R>(compiled);
-    const query = this.#track(runQuery(this.#client, compiled));
+    if (this.#oneShot) return this.#executeOneShot<R>(compiled);
+    const values = compiled.parameters as unknown[];
+    // The first query opens the transaction; `#state` changes before anything is awaited so
+    // concurrent queries queue behind it on the client in order.
+    const prefix = this.#state === 'idle' ? this.#prefix : [];
+    this.#state = 'begun';
+    const sent = this.#track(
+      new ContextStatement(prefix, compiled.sql, values, []).run(this.#client),
+    );
     try {
-      const [, result] = await Promise.all([this.#ready, query]);
+      const { result, commands } = await sent;
+      if (prefix.length > 0 && commands[0] !== 'BEGIN') throw rolledBack(undefined);
       return toQueryResult<R>(result);
     } catch (error) {
       throw toTenantryError(error);
@@ -237,23 +249,30 @@ class UnitOfWork implements DatabaseConnection {
   }
 
   async #executeOneShot<R>(compiled: CompiledQuery): Promise<QueryResult<R>> {
-    if (this.#ready !== undefined) {
+    if (this.#state !== 'idle') {
       throw new TenantryError(
         'TENANTRY_ERR_ONE_SHOT_SECOND_QUERY',
         'A one-shot unit of work runs exactly one query; use withTenant() for more.',
       );
     }
-    const begin = this.#client.query(this.#contextSql);
-    this.#ready = begin;
-    const query = runQuery(this.#client, compiled);
-    const commit = this.#client.query('commit');
-    const [began, ran, committed] = await Promise.allSettled([begin, query, commit]);
-    if (began.status === 'rejected') throw toTenantryError(began.reason);
-    if (ran.status === 'rejected') throw ran.reason;
-    if (committed.status === 'rejected') throw toTenantryError(committed.reason);
-    // In pipeline mode a COMMIT after a failed statement resolves as ROLLBACK instead of failing.
-    if (committed.value.command !== 'COMMIT') throw rolledBack(undefined);
-    return toQueryResult<R>(ran.value);
+    this.#state = 'begun';
+    let outcome: Awaited<ReturnType<ContextStatement['run']>>;
+    try {
+      outcome = await new ContextStatement(
+        this.#prefix,
+        compiled.sql,
+        compiled.parameters as unknown[],
+        ['commit'],
+      ).run(this.#client);
+    } catch (error) {
+      // The server skipped the COMMIT after the error, leaving the transaction aborted.
+      await this.#client.query('rollback');
+      this.#state = 'done';
+      throw toTenantryError(error);
+    }
+    this.#state = 'done';
+    if (outcome.commands.at(-1) !== 'COMMIT') throw rolledBack(undefined);
+    return toQueryResult<R>(outcome.result);
   }
 
   // biome-ignore lint/correctness/useYield: always throws before yielding
@@ -261,21 +280,20 @@ class UnitOfWork implements DatabaseConnection {
     streamingUnsupported();
   }
 
-  /** Waits for every query sent so far; the first failure (if any) is returned. */
-  async settle(): Promise<unknown> {
+  async #settle(): Promise<unknown> {
     while (this.#pending.size > 0) await Promise.allSettled([...this.#pending]);
     return this.#failure;
   }
 
   async commit(): Promise<void> {
-    if (this.#state === 'one-shot') {
+    if (this.#oneShot || this.#state === 'idle') {
       this.#state = 'closed';
       return;
     }
-    const failure = await this.settle();
+    const failure = await this.#settle();
     this.#state = 'closed';
     if (failure !== undefined) {
-      await this.#client.query('rollback').catch(() => undefined);
+      await this.#client.query('rollback');
       throw rolledBack(failure);
     }
     let result: pg.QueryResult;
@@ -288,12 +306,10 @@ class UnitOfWork implements DatabaseConnection {
   }
 
   async rollback(): Promise<void> {
-    if (this.#state === 'one-shot' || this.#state === 'closed') {
-      this.#state = 'closed';
-      return;
-    }
+    const begun = this.#state === 'begun' && !this.#oneShot;
     this.#state = 'closed';
-    await this.settle();
+    if (!begun) return;
+    await this.#settle();
     await this.#client.query('rollback');
   }
 }
@@ -446,8 +462,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
     max: settings.maxConnections,
     statement_timeout: settings.statementTimeoutMs,
     idle_in_transaction_session_timeout: settings.idleInTransactionTimeoutMs,
-    pipeline: true,
-  } as pg.PoolConfig);
+  });
   pool.on('error', (error) => logger.warn({ err: error }, 'idle database connection failed'));
 
   let tenantTables: Set<string>;
@@ -500,7 +515,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
     oneShot: boolean,
   ): Promise<T> {
     const client = await connectClient(pool);
-    const unit = new UnitOfWork(client, context, contextStatement(context, unitOptions), oneShot);
+    const unit = new UnitOfWork(client, context, contextStatements(context, unitOptions), oneShot);
     let result: T;
     try {
       result = await storage.run(unit, () => fn(db));

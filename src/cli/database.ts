@@ -13,8 +13,8 @@ import type { CliConfig } from './config.ts';
 export interface PreparedDatabase {
   /** Superuser or owner connection to the application database (migrations, doctor). */
   readonly adminUrl: string;
-  /** App role connection (the API and workers). */
-  readonly appUrl: string;
+  /** App role connection (the API and workers); unknown for an external server without one. */
+  readonly appUrl: string | undefined;
   /** Analytics role connection (platform reads). */
   readonly analyticsUrl: string | undefined;
   readonly embedded: EmbeddedPostgresServer | undefined;
@@ -77,21 +77,25 @@ export async function prepareDatabase(
       logger,
     });
   }
-  const appUrl = config.appDatabaseUrl;
-  if (appUrl === undefined) {
+  return Object.freeze({
+    adminUrl,
+    appUrl: config.appDatabaseUrl,
+    analyticsUrl: config.analyticsDatabaseUrl,
+    embedded: undefined,
+    stop: async () => {},
+  });
+}
+
+/** Returns the app role's connection, or explains which variable to set. */
+export function requireAppUrl(database: PreparedDatabase): string {
+  if (database.appUrl === undefined) {
     throw new TenantryError(
       'TENANTRY_ERR_CONFIG_INVALID',
       'With DATABASE_URL set, also set TENANTRY_APP_DATABASE_URL: the connection of the tenantry_app role ' +
         '(never the owner or a superuser) that the API and workers use.',
     );
   }
-  return Object.freeze({
-    adminUrl,
-    appUrl,
-    analyticsUrl: config.analyticsDatabaseUrl,
-    embedded: undefined,
-    stop: async () => {},
-  });
+  return database.appUrl;
 }
 
 function passwordOf(url: string | undefined): string | undefined {

@@ -27,6 +27,56 @@ export interface BootstrapOptions {
 
 const minimumServerVersion = 150000;
 
+interface RoleFlags {
+  readonly login: boolean;
+  readonly superuser: boolean;
+  readonly bypassrls: boolean;
+  readonly inherit: boolean;
+  readonly createdb: boolean;
+  readonly createrole: boolean;
+  readonly replication: boolean;
+}
+
+const roleAttributes: Record<keyof RoleNames, RoleFlags> = {
+  owner: {
+    login: true,
+    superuser: false,
+    bypassrls: true,
+    inherit: true,
+    createdb: false,
+    createrole: false,
+    replication: false,
+  },
+  app: {
+    login: true,
+    superuser: false,
+    bypassrls: false,
+    inherit: false,
+    createdb: false,
+    createrole: false,
+    replication: false,
+  },
+  analytics: {
+    login: true,
+    superuser: false,
+    bypassrls: true,
+    inherit: false,
+    createdb: false,
+    createrole: false,
+    replication: false,
+  },
+};
+
+function sameFlags(a: RoleFlags, b: RoleFlags): boolean {
+  return (Object.keys(b) as (keyof RoleFlags)[]).every((key) => a[key] === b[key]);
+}
+
+function flagsClause(flags: RoleFlags): string {
+  return (Object.keys(flags) as (keyof RoleFlags)[])
+    .map((key) => (flags[key] ? key : `no${key}`))
+    .join(' ');
+}
+
 /**
  * Creates (or corrects) the three roles and the application database, as a superuser.
  *
@@ -70,23 +120,32 @@ export async function bootstrapDatabase(options: BootstrapOptions): Promise<void
           'Run "tenantry setup" with a superuser DATABASE_URL, or create the roles as docs/reference/security-model.md shows.',
       );
     }
-    const attributes: Record<keyof RoleNames, string> = {
-      owner: 'login nosuperuser nocreatedb nocreaterole noreplication bypassrls',
-      app: 'login nosuperuser nocreatedb nocreaterole noreplication nobypassrls noinherit',
-      analytics: 'login nosuperuser nocreatedb nocreaterole noreplication bypassrls noinherit',
-    };
     for (const key of ['owner', 'app', 'analytics'] as const) {
-      const role = quoteIdentifier(roles[key]);
-      const exists = await admin.query('select 1 from pg_roles where rolname = $1', [roles[key]]);
+      const wanted = roleAttributes[key];
+      const current = await admin.query<RoleFlags>(
+        `select rolcanlogin as login, rolsuper as superuser, rolbypassrls as bypassrls, rolinherit as inherit,
+                rolcreatedb as createdb, rolcreaterole as createrole, rolreplication as replication
+         from pg_roles where rolname = $1`,
+        [roles[key]],
+      );
       const password = options.passwords?.[key];
+      const row = current.rows[0];
+      // Only touch a role that differs: concurrent bootstraps altering the same role collide.
+      if (row !== undefined && password === undefined && sameFlags(row, wanted)) continue;
+      const verb = row === undefined ? 'create' : 'alter';
       const passwordClause = password === undefined ? '' : ` password ${quoteLiteral(password)}`;
-      const verb = exists.rowCount === 0 ? 'create' : 'alter';
-      await admin.query(`${verb} role ${role} with ${attributes[key]}${passwordClause}`);
-      if (verb === 'create') logger.info({ role: roles[key] }, 'created role');
+      await admin.query(
+        `${verb} role ${quoteIdentifier(roles[key])} with ${flagsClause(wanted)}${passwordClause}`,
+      );
+      if (verb === 'create') {
+        logger.info({ role: roles[key] }, 'created role');
+        if (key === 'analytics') {
+          await admin.query(
+            `alter role ${quoteIdentifier(roles.analytics)} set default_transaction_read_only = on`,
+          );
+        }
+      }
     }
-    await admin.query(
-      `alter role ${quoteIdentifier(roles.analytics)} set default_transaction_read_only = on`,
-    );
 
     const dbExists = await admin.query('select 1 from pg_database where datname = $1', [database]);
     if (dbExists.rowCount === 0) {

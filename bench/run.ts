@@ -1,0 +1,14 @@
+/**
+ * Runs one benchmark by name: `npm run bench -- context`.
+ */
+const benchmarks: Record<string, () => Promise<{ run: () => Promise<void> }>> = {
+  context: () => import('./context.ts'),
+};
+
+const name = process.argv[2];
+const load = name === undefined ? undefined : benchmarks[name];
+if (load === undefined) {
+  console.error(`usage: npm run bench -- <name>   (one of: ${Object.keys(benchmarks).join(', ')})`);
+  process.exit(2);
+}
+await (await load()).run();

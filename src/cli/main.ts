@@ -1,0 +1,120 @@
+import { Command, Option } from 'commander';
+import { formatDoctorReport, runDoctor } from '../doctor/doctor.ts';
+import { isTenantryError } from '../errors.ts';
+import { migrate } from '../migrations/migrate.ts';
+import { createTenantry } from '../tenantry.ts';
+import { loadCliConfig } from './config.ts';
+import { createConsoleLogger } from './console-logger.ts';
+import { type PreparedDatabase, prepareDatabase, requireAppUrl } from './database.ts';
+
+const config = loadCliConfig();
+const logger = createConsoleLogger(config.logLevel);
+
+async function withDatabase<T>(fn: (database: PreparedDatabase) => Promise<T>): Promise<T> {
+  const database = await prepareDatabase(config, logger);
+  const stop = () => {
+    void database.stop().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  try {
+    return await fn(database);
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    await database.stop();
+  }
+}
+
+async function applyMigrations(database: PreparedDatabase, directory: string) {
+  const summary = await migrate({
+    connectionString: database.adminUrl,
+    sources: [{ name: 'app', directory }],
+    logger,
+  });
+  const applied = summary.applied.length;
+  process.stdout.write(
+    `migrations: ${applied} applied, ${summary.upToDate} already up to date${
+      applied > 0
+        ? ` (${summary.applied.map((m) => `${m.source}/${m.version}-${m.name} ${m.durationMs}ms`).join(', ')})`
+        : ''
+    }\n`,
+  );
+}
+
+const program = new Command()
+  .name('tenantry')
+  .description('Multi-tenant PostgreSQL with database-enforced isolation.')
+  .showHelpAfterError();
+
+program
+  .command('setup')
+  .description('Create the roles and the database (embedded server unless DATABASE_URL is set).')
+  .action(async () => {
+    await withDatabase(async () => {
+      process.stdout.write('roles and database are ready\n');
+    });
+  });
+
+program
+  .command('migrate')
+  .description("Apply Tenantry's migrations, then the application's.")
+  .addOption(
+    new Option('--dir <path>', 'application migration folder').default(config.migrationsDirectory),
+  )
+  .action(async (options: { dir: string }) => {
+    await withDatabase((database) => applyMigrations(database, options.dir));
+  });
+
+program
+  .command('doctor')
+  .description('Audit tenant isolation; exits 1 when anything is found.')
+  .option('--json', 'print the report as JSON')
+  .option('--schema <name...>', 'schemas holding tenant tables', ['public'])
+  .action(async (options: { json?: boolean; schema: string[] }) => {
+    await withDatabase(async (database) => {
+      const report = await runDoctor({
+        connectionString: database.adminUrl,
+        schemas: options.schema,
+      });
+      process.stdout.write(
+        options.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatDoctorReport(report)}\n`,
+      );
+      if (report.findings.length > 0) process.exitCode = 1;
+    });
+  });
+
+program
+  .command('start')
+  .description(
+    'Prepare the database, apply migrations, check the app role connection and print the audit.',
+  )
+  .action(async () => {
+    await withDatabase(async (database) => {
+      await applyMigrations(database, config.migrationsDirectory);
+      const tenantry = await createTenantry({ connectionString: requireAppUrl(database) });
+      try {
+        process.stdout.write(
+          `app role connected; tenant tables: ${[...tenantry.tenantTables].filter((t) => !t.includes('.')).join(', ')}\n`,
+        );
+      } finally {
+        await tenantry.close();
+      }
+      const report = await runDoctor({ connectionString: database.adminUrl });
+      process.stdout.write(`${formatDoctorReport(report)}\n`);
+      if (report.findings.length > 0) process.exitCode = 1;
+    });
+  });
+
+try {
+  await program.parseAsync();
+} catch (error) {
+  if (isTenantryError(error)) {
+    process.stderr.write(`tenantry: ${error.message} [${error.code}]\n`);
+  } else {
+    process.stderr.write(
+      `tenantry: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    );
+  }
+  process.exitCode = 1;
+}
