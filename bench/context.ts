@@ -6,6 +6,7 @@
 import os from 'node:os';
 import pg from 'pg';
 import { bootstrapDatabase, createTenantry, migrate, startEmbeddedPostgres } from 'tenantry';
+import { ContextStatement } from '../src/context-statement.ts';
 
 interface Contacts {
   contacts: { tenant_id: string; id: string; name: string };
@@ -48,6 +49,8 @@ export async function run(): Promise<void> {
     maxConnections: concurrency,
   });
   const naive = new pg.Pool({ connectionString: appUrl, max: concurrency });
+  const floor = new pg.Pool({ connectionString: appUrl, max: concurrency });
+  for (const pool of [raw, naive, floor]) pool.on('error', () => {});
 
   const variants: Record<string, Lookup> = {
     'raw pg (WHERE tenant_id, no RLS)': async (key) => {
@@ -65,6 +68,20 @@ export async function run(): Promise<void> {
       tenantry.withTenant(key.tenantId, (db) =>
         db.selectFrom('contacts').selectAll().where('id', '=', key.id).executeTakeFirst(),
       ),
+    'floor: hand-written BEGIN/SET LOCAL/query/COMMIT': async (key) => {
+      const client = await floor.connect();
+      try {
+        const { result } = await new ContextStatement(
+          ['begin', `set local tenantry.tenant_id = '${key.tenantId}'`],
+          'select * from contacts where tenant_id = $1 and id = $2',
+          [key.tenantId, key.id],
+          ['commit'],
+        ).run(client);
+        return result.rows[0];
+      } finally {
+        client.release();
+      }
+    },
     'naive (await BEGIN, set_config, query, COMMIT)': async (key) => {
       const client = await naive.connect();
       try {
@@ -98,7 +115,7 @@ export async function run(): Promise<void> {
     }
   }
 
-  await Promise.all([raw.end(), naive.end(), tenantry.close()]);
+  await Promise.all([raw.end(), naive.end(), floor.end(), tenantry.close()]);
   await server.stop();
 
   const baseline = results['raw pg (WHERE tenant_id, no RLS)'] as { seq: number; conc: number };

@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { serialize } from 'pg-protocol';
 
 interface PgResult {
   command: string | null;
@@ -12,12 +13,21 @@ interface PgResult {
 }
 
 interface PgConnection {
-  stream: { cork?: () => void; uncork?: () => void };
-  parse(config: { text: string }): void;
-  bind(config: { values?: readonly unknown[] }): void;
-  describe(config: { type: 'P'; name: string }): void;
-  execute(config: Record<string, never>): void;
-  sync(): void;
+  stream: { write(buffer: Buffer): boolean };
+}
+
+const describePortal = serialize.describe({ type: 'P', name: '' });
+const executePortal = serialize.execute({});
+const syncMessage = serialize.sync();
+const constantMessages = new Map<string, Buffer>();
+
+/** Parse, Bind and Execute for a parameterless statement; constant ones are built once. */
+function statementMessages(text: string): Buffer {
+  const cached = constantMessages.get(text);
+  if (cached !== undefined) return cached;
+  const messages = Buffer.concat([serialize.parse({ text }), serialize.bind({}), executePortal]);
+  if (!text.startsWith('set local')) constantMessages.set(text, messages);
+  return messages;
 }
 
 const { Result, utils } = pg as unknown as {
@@ -77,26 +87,19 @@ export class ContextStatement {
     } catch (error) {
       return error instanceof Error ? error : new Error(String(error));
     }
-    const corked = typeof connection.stream.cork === 'function';
-    if (corked) connection.stream.cork?.();
-    try {
-      for (const statement of this.#prefix) this.#simple(connection, statement);
-      connection.parse({ text: this.#text });
-      connection.bind({ values });
-      connection.describe({ type: 'P', name: '' });
-      connection.execute({});
-      for (const statement of this.#suffix) this.#simple(connection, statement);
-      connection.sync();
-    } finally {
-      if (corked) connection.stream.uncork?.();
-    }
+    // One buffer, one write: writev of a dozen small messages costs more than one copy.
+    connection.stream.write(
+      Buffer.concat([
+        ...this.#prefix.map(statementMessages),
+        serialize.parse({ text: this.#text }),
+        serialize.bind({ values }),
+        describePortal,
+        executePortal,
+        ...this.#suffix.map(statementMessages),
+        syncMessage,
+      ]),
+    );
     return null;
-  }
-
-  #simple(connection: PgConnection, text: string): void {
-    connection.parse({ text });
-    connection.bind({});
-    connection.execute({});
   }
 
   get #atQuery(): boolean {
