@@ -38,6 +38,11 @@ export {
   type MigrationSource,
   migrate,
 } from './migrations/migrate.ts';
+export {
+  createPlatformDatabase,
+  type PlatformDatabase,
+  type PlatformDatabaseOptions,
+} from './platform-database.ts';
 export { createTenantGuardPlugin, type TenantGuardOptions } from './tenant-guard.ts';
 export { isUuid, parseTenantId, parseUserId, type TenantId, type UserId } from './tenant-id.ts';
 export {

