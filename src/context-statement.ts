@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
+import type { PreparedStatementPlan, StatementCache } from './statement-cache.ts';
 
 interface PgResult {
   command: string | null;
@@ -53,8 +54,10 @@ export class ContextStatement {
   readonly #text: string;
   readonly #values: readonly unknown[];
   readonly #suffix: readonly string[];
+  readonly #cache: StatementCache | undefined;
   readonly #result: PgResult = new Result();
   readonly #commands: (string | null)[] = [];
+  #plan: PreparedStatementPlan | undefined;
   #parseError: unknown;
   callback: ((error: Error | null, result?: ContextStatementResult) => void) | undefined;
 
@@ -63,18 +66,28 @@ export class ContextStatement {
     text: string,
     values: readonly unknown[],
     suffix: readonly string[],
+    cache?: StatementCache,
   ) {
     this.#prefix = prefix;
     this.#text = text;
     this.#values = values;
     this.#suffix = suffix;
+    this.#cache = cache;
   }
 
   /** Sends the statement and resolves when the server has answered all of it. */
   run(client: pg.PoolClient): Promise<ContextStatementResult> {
     return new Promise((resolve, reject) => {
-      this.callback = (error, result) =>
-        error === null ? resolve(result as ContextStatementResult) : reject(error);
+      // Planned when queued: queries on one client are written in the order they are queued.
+      this.#plan = this.#cache?.plan(client, this.#text);
+      this.callback = (error, result) => {
+        if (error === null) {
+          resolve(result as ContextStatementResult);
+          return;
+        }
+        this.#cache?.forget(client, this.#text);
+        reject(error);
+      };
       client.query(this as unknown as pg.Submittable);
     });
   }
@@ -87,18 +100,21 @@ export class ContextStatement {
     } catch (error) {
       return error instanceof Error ? error : new Error(String(error));
     }
-    // One buffer, one write: writev of a dozen small messages costs more than one copy.
-    connection.stream.write(
-      Buffer.concat([
-        ...this.#prefix.map(statementMessages),
-        serialize.parse({ text: this.#text }),
-        serialize.bind({ values }),
-        describePortal,
-        executePortal,
-        ...this.#suffix.map(statementMessages),
-        syncMessage,
-      ]),
+    const plan = this.#plan;
+    const parts: Buffer[] = [];
+    for (const name of plan?.close ?? []) parts.push(serialize.close({ type: 'S', name }));
+    for (const statement of this.#prefix) parts.push(statementMessages(statement));
+    if (plan === undefined) parts.push(serialize.parse({ text: this.#text }));
+    else if (plan.parse) parts.push(serialize.parse({ text: this.#text, name: plan.name }));
+    parts.push(
+      serialize.bind({ statement: plan?.name ?? '', values }),
+      describePortal,
+      executePortal,
     );
+    for (const statement of this.#suffix) parts.push(statementMessages(statement));
+    parts.push(syncMessage);
+    // One buffer, one write: writev of a dozen small messages costs more than one copy.
+    connection.stream.write(Buffer.concat(parts));
     return null;
   }
 

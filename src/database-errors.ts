@@ -18,51 +18,51 @@ const invalidValue: SqlStateRule = {
   retryable: false,
 };
 
+const queryFailed: SqlStateRule = {
+  code: 'TENANTRY_ERR_DB_QUERY_FAILED',
+  message: 'The database rejected the query.',
+  retryable: false,
+};
+const conflict: SqlStateRule = {
+  code: 'TENANTRY_ERR_DB_CONFLICT',
+  message: 'A row with the same unique value already exists.',
+  retryable: false,
+};
+const invalidReference: SqlStateRule = {
+  code: 'TENANTRY_ERR_DB_INVALID_REFERENCE',
+  message: 'A referenced row does not exist.',
+  retryable: false,
+};
+const forbidden: SqlStateRule = {
+  code: 'TENANTRY_ERR_DB_FORBIDDEN',
+  message: 'The row is not accessible in this tenant.',
+  retryable: false,
+};
+const timeout: SqlStateRule = {
+  code: 'TENANTRY_ERR_DB_TIMEOUT',
+  message: 'The statement took too long and was cancelled.',
+  retryable: false,
+};
+
 /**
  * The one table of SQLSTATEs Tenantry treats specially. Messages never echo the server's text,
  * which can name constraints, columns or another tenant's values.
  */
+const serialization = (message: string): SqlStateRule => ({
+  code: 'TENANTRY_ERR_DB_SERIALIZATION',
+  message,
+  retryable: true,
+});
+
 const sqlStateRules: ReadonlyMap<string, SqlStateRule> = new Map([
-  [
-    '40001',
-    {
-      code: 'TENANTRY_ERR_DB_SERIALIZATION',
-      message: 'The transaction conflicted with a concurrent one.',
-      retryable: true,
-    },
-  ],
-  [
-    '40P01',
-    {
-      code: 'TENANTRY_ERR_DB_SERIALIZATION',
-      message: 'The transaction was chosen as a deadlock victim.',
-      retryable: true,
-    },
-  ],
-  [
-    '23505',
-    {
-      code: 'TENANTRY_ERR_DB_CONFLICT',
-      message: 'A row with the same unique value already exists.',
-      retryable: false,
-    },
-  ],
-  [
-    '23503',
-    {
-      code: 'TENANTRY_ERR_DB_INVALID_REFERENCE',
-      message: 'A referenced row does not exist.',
-      retryable: false,
-    },
-  ],
-  [
-    '42501',
-    {
-      code: 'TENANTRY_ERR_DB_FORBIDDEN',
-      message: 'The row is not accessible in this tenant.',
-      retryable: false,
-    },
-  ],
+  ['40001', serialization('The transaction conflicted with a concurrent one.')],
+  ['40P01', serialization('The transaction was chosen as a deadlock victim.')],
+  // Raised when DDL changed the result type of a prepared statement ("cached plan must not
+  // change result type"); the failed statement is forgotten, so a re-run prepares it afresh.
+  ['0A000', { ...queryFailed, retryable: true }],
+  ['23505', conflict],
+  ['23503', invalidReference],
+  ['42501', forbidden],
   ['23502', invalidValue],
   ['23514', invalidValue],
   ['22P02', invalidValue],
@@ -70,17 +70,10 @@ const sqlStateRules: ReadonlyMap<string, SqlStateRule> = new Map([
   ['22003', invalidValue],
   ['22007', invalidValue],
   ['22008', invalidValue],
-  ['22023', invalidValue],
-  ['22021', invalidValue],
   ['22012', invalidValue],
-  [
-    '57014',
-    {
-      code: 'TENANTRY_ERR_DB_TIMEOUT',
-      message: 'The statement took too long and was cancelled.',
-      retryable: false,
-    },
-  ],
+  ['22021', invalidValue],
+  ['22023', invalidValue],
+  ['57014', timeout],
   ['53300', unavailable],
   ['57P01', unavailable],
   ['57P02', unavailable],
@@ -128,7 +121,7 @@ export function toTenantryError(error: unknown): unknown {
     return new TenantryError(unavailable.code, unavailable.message, { cause: error });
   const rule = sqlStateRules.get(code);
   if (rule === undefined) {
-    return new TenantryError('TENANTRY_ERR_DB_QUERY_FAILED', 'The database rejected the query.', {
+    return new TenantryError(queryFailed.code, queryFailed.message, {
       cause: error,
       details: { sqlState: code },
     });

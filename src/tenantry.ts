@@ -18,6 +18,7 @@ import { ContextStatement } from './context-statement.ts';
 import { isRetryableError, toTenantryError } from './database-errors.ts';
 import { TenantryError } from './errors.ts';
 import { type Logger, silentLogger } from './logger.ts';
+import { StatementCache } from './statement-cache.ts';
 import { createTenantGuardPlugin } from './tenant-guard.ts';
 import { parseTenantId, parseUserId, type TenantId, type UserId } from './tenant-id.ts';
 
@@ -53,8 +54,19 @@ export interface TenantryOptions {
    * @defaultValue 'enforce'
    */
   readonly guard?: 'enforce' | 'off';
-  /** Times a unit of work is run again after a serialization failure or deadlock. @defaultValue 2 */
+  /**
+   * Times a unit of work is run again, from the start, after a serialization failure, a deadlock
+   * or a prepared statement invalidated by a schema change. @defaultValue 2
+   */
   readonly serializationRetries?: number;
+  /**
+   * Run the queries of units of work as named prepared statements, kept per connection (least
+   * recently used evicted past 256). Parsing and planning once per connection is most of what a
+   * point lookup costs the server. Turn off behind a pooler that cannot keep prepared
+   * statements (PgBouncer before 1.21, or without `max_prepared_statements`).
+   * @defaultValue true
+   */
+  readonly preparedStatements?: boolean;
   /** Extra Kysely plugins, applied after the guard. @defaultValue [] */
   readonly plugins?: readonly KyselyPlugin[];
   readonly logger?: Logger;
@@ -190,16 +202,20 @@ class UnitOfWork implements DatabaseConnection {
   #failure: unknown;
   #savepoints = 0;
 
+  readonly #statements: StatementCache | undefined;
+
   constructor(
     client: pg.PoolClient,
     context: TenantContext,
     prefix: readonly string[],
     oneShot: boolean,
+    statements: StatementCache | undefined,
   ) {
     this.#client = client;
     this.context = context;
     this.#prefix = prefix;
     this.#oneShot = oneShot;
+    this.#statements = statements;
   }
 
   get isOpen(): boolean {
@@ -237,7 +253,7 @@ class UnitOfWork implements DatabaseConnection {
     const prefix = this.#state === 'idle' ? this.#prefix : [];
     this.#state = 'begun';
     const sent = this.#track(
-      new ContextStatement(prefix, compiled.sql, values, []).run(this.#client),
+      new ContextStatement(prefix, compiled.sql, values, [], this.#statements).run(this.#client),
     );
     try {
       const { result, commands } = await sent;
@@ -263,6 +279,7 @@ class UnitOfWork implements DatabaseConnection {
         compiled.sql,
         compiled.parameters as unknown[],
         ['commit'],
+        this.#statements,
       ).run(this.#client);
     } catch (error) {
       // The server skipped the COMMIT after the error, leaving the transaction aborted.
@@ -476,6 +493,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
   }
 
   const storage = new AsyncLocalStorage<UnitOfWork>();
+  const statements = options.preparedStatements === false ? undefined : new StatementCache(256);
   const currentUnit = () => {
     const unit = storage.getStore();
     return unit?.isOpen ? unit : undefined;
@@ -515,7 +533,13 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
     oneShot: boolean,
   ): Promise<T> {
     const client = await connectClient(pool);
-    const unit = new UnitOfWork(client, context, contextStatements(context, unitOptions), oneShot);
+    const unit = new UnitOfWork(
+      client,
+      context,
+      contextStatements(context, unitOptions),
+      oneShot,
+      statements,
+    );
     let result: T;
     try {
       result = await storage.run(unit, () => fn(db));
@@ -538,41 +562,41 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
     return result;
   }
 
+  async function runWithRetries<T>(
+    tenant: TenantSelector,
+    fn: (db: Kysely<DB>) => Promise<T>,
+    unitOptions: UnitOfWorkOptions | undefined,
+    oneShot: boolean,
+  ): Promise<T> {
+    const context = parseSelector(tenant);
+    const open = currentUnit();
+    if (open !== undefined) {
+      joinOrFail(context, open);
+      return fn(db);
+    }
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await runUnit(context, fn, unitOptions, oneShot);
+      } catch (error) {
+        if (attempt >= settings.serializationRetries || !isRetryableError(error)) throw error;
+        logger.debug({ attempt, tenantId: context.tenantId, err: error }, 'retrying unit of work');
+        await delay(5 * 2 ** attempt + Math.random() * 10);
+      }
+    }
+  }
+
   return Object.freeze({
     db,
     tenantTables,
-    async withTenant<T>(
+    withTenant<T>(
       tenant: TenantSelector,
       fn: (db: Kysely<DB>) => Promise<T>,
       unitOptions?: UnitOfWorkOptions,
     ) {
-      const context = parseSelector(tenant);
-      const open = currentUnit();
-      if (open !== undefined) {
-        joinOrFail(context, open);
-        return fn(db);
-      }
-      for (let attempt = 0; ; attempt++) {
-        try {
-          return await runUnit(context, fn, unitOptions, false);
-        } catch (error) {
-          if (attempt >= settings.serializationRetries || !isRetryableError(error)) throw error;
-          logger.debug(
-            { attempt, tenantId: context.tenantId },
-            'retrying unit of work after serialization failure',
-          );
-          await delay(5 * 2 ** attempt + Math.random() * 10);
-        }
-      }
+      return runWithRetries(tenant, fn, unitOptions, false);
     },
-    async oneShot<T>(tenant: TenantSelector, fn: (db: Kysely<DB>) => Promise<T>) {
-      const context = parseSelector(tenant);
-      const open = currentUnit();
-      if (open !== undefined) {
-        joinOrFail(context, open);
-        return fn(db);
-      }
-      return runUnit(context, fn, undefined, true);
+    oneShot<T>(tenant: TenantSelector, fn: (db: Kysely<DB>) => Promise<T>) {
+      return runWithRetries(tenant, fn, undefined, true);
     },
     currentContext() {
       return currentUnit()?.context;

@@ -503,3 +503,83 @@ describe('tenant id validation happens before any SQL', () => {
     assert.deepEqual(rows, [{ tenant_id: a.tenantId }]);
   });
 });
+
+describe('prepared statements', () => {
+  let single: Tenantry<ReferenceDatabase>;
+  before(async () => {
+    single = await createTenantry<ReferenceDatabase>({
+      connectionString: database.appUrl,
+      maxConnections: 1,
+    });
+  });
+  after(() => single.close());
+
+  const preparedTenantryStatements = (db: Parameters<Parameters<typeof single.withTenant>[1]>[0]) =>
+    sql<{
+      statement: string;
+    }>`select statement from pg_prepared_statements where name like 'tenantry_%'`.execute(db);
+
+  test('a query is prepared once per connection and serves every tenant', async () => {
+    const lookup = (tenantId: string, id: string) =>
+      single.oneShot(tenantId, (db) =>
+        db.selectFrom('contacts').select('name').where('id', '=', id).executeTakeFirst(),
+      );
+    assert.equal((await lookup(a.tenantId, a.contactId))?.name, 'alpha contact');
+    assert.equal((await lookup(b.tenantId, b.contactId))?.name, 'bravo contact');
+    assert.equal(await lookup(a.tenantId, b.contactId), undefined);
+    const prepared = await single.withTenant(a.tenantId, preparedTenantryStatements);
+    const lookups = prepared.rows.filter((row) =>
+      row.statement.startsWith('select "name" from "contacts"'),
+    );
+    assert.equal(lookups.length, 1);
+  });
+
+  test('a statement that fails to parse is not cached and does not poison the connection', async () => {
+    for (let i = 0; i < 2; i++) {
+      await assert.rejects(
+        single.oneShot(a.tenantId, (db) => sql`select nonsense from`.execute(db)),
+        (error) => isTenantryError(error) && error.details?.sqlState === '42601',
+      );
+    }
+    const rows = await single.oneShot(a.tenantId, (db) =>
+      db.selectFrom('tags').select('tenant_id').execute(),
+    );
+    assert.ok(rows.length > 0 && rows.every((row) => row.tenant_id === a.tenantId));
+  });
+
+  test('a schema change that alters a cached result type is absorbed by one re-run', async () => {
+    const read = () =>
+      single.oneShot(b.tenantId, (db) => db.selectFrom('tags').selectAll().execute());
+    assert.equal((await read()).length > 0, true);
+    await withClient(database.adminUrl, (client) =>
+      client.query(
+        "set role tenantry_owner; alter table tags add column colour text not null default 'grey'",
+      ),
+    );
+    try {
+      const rows = (await read()) as unknown as { colour: string }[];
+      assert.ok(rows.every((row) => row.colour === 'grey'));
+    } finally {
+      await withClient(database.adminUrl, (client) =>
+        client.query('set role tenantry_owner; alter table tags drop column colour'),
+      );
+    }
+  });
+
+  test('with preparedStatements off, nothing is prepared', async () => {
+    const unprepared = await createTenantry<ReferenceDatabase>({
+      connectionString: database.appUrl,
+      maxConnections: 1,
+      preparedStatements: false,
+    });
+    try {
+      await unprepared.oneShot(a.tenantId, (db) =>
+        db.selectFrom('contacts').select('id').execute(),
+      );
+      const prepared = await unprepared.withTenant(a.tenantId, preparedTenantryStatements);
+      assert.deepEqual(prepared.rows, []);
+    } finally {
+      await unprepared.close();
+    }
+  });
+});

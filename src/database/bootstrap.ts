@@ -137,14 +137,22 @@ export async function bootstrapDatabase(options: BootstrapOptions): Promise<void
       await admin.query(
         `${verb} role ${quoteIdentifier(roles[key])} with ${flagsClause(wanted)}${passwordClause}`,
       );
-      if (verb === 'create') {
-        logger.info({ role: roles[key] }, 'created role');
-        if (key === 'analytics') {
-          await admin.query(
-            `alter role ${quoteIdentifier(roles.analytics)} set default_transaction_read_only = on`,
-          );
-        }
-      }
+      if (verb === 'create') logger.info({ role: roles[key] }, 'created role');
+    }
+    // Checked on every run, not only at creation: a reset setting would leave a BYPASSRLS role
+    // writable.
+    const readOnly = await admin.query(
+      `select 1 from pg_db_role_setting s join pg_roles r on r.oid = s.setrole
+       where r.rolname = $1 and s.setdatabase = 0
+         and exists (select 1 from unnest(s.setconfig) as setting
+                     where setting ~* '^default_transaction_read_only=(on|true|yes|1)$')`,
+      [roles.analytics],
+    );
+    if (readOnly.rowCount === 0) {
+      await admin.query(
+        `alter role ${quoteIdentifier(roles.analytics)} set default_transaction_read_only = on`,
+      );
+      logger.info({ role: roles.analytics }, 'made role read-only by default');
     }
 
     const dbExists = await admin.query('select 1 from pg_database where datname = $1', [database]);

