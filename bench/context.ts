@@ -60,6 +60,14 @@ export async function run(): Promise<void> {
       );
       return result.rows[0];
     },
+    'raw pg, named prepared statement': async (key) => {
+      const result = await raw.query({
+        name: 'bench_lookup',
+        text: 'select * from bench_plain_contacts where tenant_id = $1 and id = $2',
+        values: [key.tenantId, key.id],
+      });
+      return result.rows[0];
+    },
     'tenantry oneShot': (key) =>
       tenantry.oneShot(key.tenantId, (db) =>
         db.selectFrom('contacts').selectAll().where('id', '=', key.id).executeTakeFirst(),
@@ -68,7 +76,7 @@ export async function run(): Promise<void> {
       tenantry.withTenant(key.tenantId, (db) =>
         db.selectFrom('contacts').selectAll().where('id', '=', key.id).executeTakeFirst(),
       ),
-    'floor: hand-written BEGIN/SET LOCAL/query/COMMIT': async (key) => {
+    'hand-written BEGIN/SET LOCAL/query/COMMIT, one Sync': async (key) => {
       const client = await floor.connect();
       try {
         const { result } = await new ContextStatement(
@@ -137,11 +145,15 @@ export async function run(): Promise<void> {
     );
   }
   const tenantryResult = results['tenantry oneShot'] as { seq: number; conc: number };
+  const prepared = results['raw pg, named prepared statement'] as { seq: number; conc: number };
+  const ratio = (value: number, base: number) => Number((value / base).toFixed(3));
   console.log(
     JSON.stringify({
       bench: 'context',
-      seq_ratio: Number((tenantryResult.seq / baseline.seq).toFixed(3)),
-      conc_ratio: Number((tenantryResult.conc / baseline.conc).toFixed(3)),
+      seq_ratio: ratio(tenantryResult.seq, baseline.seq),
+      conc_ratio: ratio(tenantryResult.conc, baseline.conc),
+      seq_ratio_vs_prepared: ratio(tenantryResult.seq, prepared.seq),
+      conc_ratio_vs_prepared: ratio(tenantryResult.conc, prepared.conc),
     }),
   );
 }

@@ -1,3 +1,4 @@
+import pg from 'pg';
 import { TenantryError, type TenantryErrorCode } from './errors.ts';
 
 interface SqlStateRule {
@@ -119,6 +120,8 @@ export function toTenantryError(error: unknown): unknown {
   }
   if (networkErrorCodes.has(code))
     return new TenantryError(unavailable.code, unavailable.message, { cause: error });
+  // Only the server's errors carry a SQLSTATE; other errors with a string code are not ours.
+  if (!(error instanceof pg.DatabaseError)) return error;
   const rule = sqlStateRules.get(code);
   if (rule === undefined) {
     return new TenantryError(queryFailed.code, queryFailed.message, {

@@ -88,5 +88,12 @@ export async function createPlatformDatabase<DB>(
     throw toTenantryError(error);
   }
   const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
-  return Object.freeze({ db, role, close: () => db.destroy() });
+  return Object.freeze({
+    db,
+    role,
+    async close() {
+      await db.destroy();
+      if (!pool.ended) await pool.end();
+    },
+  });
 }

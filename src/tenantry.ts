@@ -16,7 +16,7 @@ import {
 import pg from 'pg';
 import { ContextStatement } from './context-statement.ts';
 import { isRetryableError, toTenantryError } from './database-errors.ts';
-import { TenantryError } from './errors.ts';
+import { isTenantryError, TenantryError } from './errors.ts';
 import { type Logger, silentLogger } from './logger.ts';
 import { StatementCache } from './statement-cache.ts';
 import { createTenantGuardPlugin } from './tenant-guard.ts';
@@ -201,6 +201,7 @@ class UnitOfWork implements DatabaseConnection {
   #pending = new Set<Promise<unknown>>();
   #failure: unknown;
   #savepoints = 0;
+  readonly #savepointStack: { name: string; failure: unknown }[] = [];
 
   readonly #statements: StatementCache | undefined;
 
@@ -222,9 +223,27 @@ class UnitOfWork implements DatabaseConnection {
     return this.#state !== 'closed';
   }
 
-  nextSavepoint(): string {
-    this.#savepoints++;
-    return `tenantry_savepoint_${this.#savepoints}`;
+  /**
+   * Savepoints for Kysely transactions inside the unit. Rolling back to one also forgets the
+   * statement failures that happened after it, so the unit can still commit.
+   */
+  async savepoint(verb: 'savepoint' | 'release' | 'rollback'): Promise<void> {
+    if (verb === 'savepoint') {
+      this.#savepoints++;
+      const name = `tenantry_savepoint_${this.#savepoints}`;
+      this.#savepointStack.push({ name, failure: this.#failure });
+      await this.executeQuery(CompiledQuery.raw(`savepoint ${name}`));
+      return;
+    }
+    const top = this.#savepointStack.pop();
+    if (top === undefined) return;
+    if (verb === 'release') {
+      await this.executeQuery(CompiledQuery.raw(`release savepoint ${top.name}`));
+      return;
+    }
+    await this.#settle();
+    await this.executeQuery(CompiledQuery.raw(`rollback to savepoint ${top.name}`));
+    this.#failure = top.failure;
   }
 
   #track<T>(promise: Promise<T>): Promise<T> {
@@ -362,7 +381,7 @@ class TenantryDriver implements Driver {
     settings: TransactionSettings,
   ): Promise<void> {
     if (connection instanceof UnitOfWork) {
-      await this.#savepointQuery(connection, 'savepoint');
+      await connection.savepoint('savepoint');
       return;
     }
     let statement = 'begin';
@@ -373,29 +392,13 @@ class TenantryDriver implements Driver {
   }
 
   async commitTransaction(connection: DatabaseConnection): Promise<void> {
-    if (connection instanceof UnitOfWork)
-      await this.#savepointQuery(connection, 'release savepoint');
+    if (connection instanceof UnitOfWork) await connection.savepoint('release');
     else await (connection as PooledConnection).client.query('commit');
   }
 
   async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
-    if (connection instanceof UnitOfWork)
-      await this.#savepointQuery(connection, 'rollback to savepoint');
+    if (connection instanceof UnitOfWork) await connection.savepoint('rollback');
     else await (connection as PooledConnection).client.query('rollback');
-  }
-
-  #savepointNames = new WeakMap<UnitOfWork, string[]>();
-
-  async #savepointQuery(
-    unit: UnitOfWork,
-    verb: 'savepoint' | 'release savepoint' | 'rollback to savepoint',
-  ): Promise<void> {
-    const stack = this.#savepointNames.get(unit) ?? [];
-    this.#savepointNames.set(unit, stack);
-    const name = verb === 'savepoint' ? unit.nextSavepoint() : stack.pop();
-    if (name === undefined) return;
-    if (verb === 'savepoint') stack.push(name);
-    await unit.executeQuery(CompiledQuery.raw(`${verb} ${name}`));
   }
 
   async releaseConnection(connection: DatabaseConnection): Promise<void> {
@@ -403,7 +406,7 @@ class TenantryDriver implements Driver {
   }
 
   async destroy(): Promise<void> {
-    await this.#pool.end();
+    if (!this.#pool.ended) await this.#pool.end();
   }
 }
 
@@ -545,8 +548,8 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
       result = await storage.run(unit, () => fn(db));
       await unit.commit();
     } catch (error) {
-      const mapped = toTenantryError(error);
-      let broken = mapped instanceof TenantryError && mapped.code === 'TENANTRY_ERR_DB_UNAVAILABLE';
+      // Database errors were mapped where they arose; errors of fn's own pass through as they are.
+      let broken = isTenantryError(error, 'TENANTRY_ERR_DB_UNAVAILABLE');
       await unit.rollback().catch(() => {
         broken = true;
       });
@@ -556,7 +559,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
           ? new Error('tenantry: discarding connection after a failed unit of work')
           : undefined,
       );
-      throw mapped;
+      throw error;
     }
     client.release();
     return result;
@@ -603,6 +606,8 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
     },
     async close() {
       await db.destroy();
+      // Kysely destroys only a driver it has used; the pool is ended here either way.
+      if (!pool.ended) await pool.end();
     },
   });
 }

@@ -583,3 +583,56 @@ describe('prepared statements', () => {
     }
   });
 });
+
+describe('unit of work edge cases', () => {
+  test('a failed statement undone by a savepoint rollback lets the unit commit', async () => {
+    const names = await tenantry.withTenant(a.tenantId, async (db) => {
+      await db.insertInto('tags').values({ name: 'before savepoint' }).execute();
+      await db
+        .transaction()
+        .execute((trx) => trx.insertInto('tags').values({ name: 'alpha tag' }).execute())
+        .catch(() => undefined);
+      return db.selectFrom('tags').select('name').where('name', '=', 'before savepoint').execute();
+    });
+    assert.equal(names.length, 1);
+    assert.equal(
+      await withClient(database.adminUrl, async (client) => {
+        const result = await client.query(
+          "select count(*)::int as n from tags where name = 'before savepoint'",
+        );
+        return result.rows[0].n as number;
+      }),
+      1,
+    );
+  });
+
+  test('errors thrown by fn pass through unchanged, even with a string code', async () => {
+    const own = Object.assign(new Error('file missing'), { code: 'ENOENT' });
+    await assert.rejects(
+      tenantry.withTenant(a.tenantId, async (db) => {
+        await db.selectFrom('tags').select('id').execute();
+        throw own;
+      }),
+      (error) => error === own,
+    );
+  });
+
+  test('close() ends the pool even when no query ran through Kysely', async () => {
+    const url = new URL(database.appUrl);
+    url.searchParams.set('application_name', 'tenantry_close_test');
+    const idle = await createTenantry<ReferenceDatabase>({ connectionString: url.toString() });
+    const count = () =>
+      withClient(database.adminUrl, async (client) => {
+        const result = await client.query(
+          "select count(*)::int as n from pg_stat_activity where application_name = 'tenantry_close_test'",
+        );
+        return result.rows[0].n as number;
+      });
+    assert.equal(await count(), 1);
+    await idle.close();
+    const deadline = Date.now() + 5000;
+    while ((await count()) !== 0 && Date.now() < deadline)
+      await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(await count(), 0);
+  });
+});
