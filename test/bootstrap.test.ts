@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import pg from 'pg';
+import type pg from 'pg';
 import { isTenantryError, type RoleNames } from 'tenantry';
 import { readTestCluster } from 'tenantry/testing';
 import { quoteIdentifier } from '../src/config.ts';
 import { bootstrapDatabase, withCredentials, withDatabase } from '../src/database/bootstrap.ts';
+import { withClient } from './fixtures.ts';
 
 // Roles are cluster-wide and other test files share the cluster: every role and database here
 // is a throwaway with a unique name, never one of the real Tenantry roles.
@@ -66,17 +67,6 @@ function adminUrl(): string {
 
 function urlAs(role: keyof RoleNames, password = passwords[role]): string {
   return withCredentials(withDatabase(adminUrl(), database), roles[role], password);
-}
-
-async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url });
-  client.on('error', () => {});
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
 }
 
 async function admin<T extends pg.QueryResultRow>(sql: string, values: unknown[] = []) {
@@ -166,7 +156,9 @@ describe('bootstrapDatabase', () => {
     }
     await assert.rejects(
       withClient(urlAs('app', 'wrong-password'), async () => {}),
-      sqlState('28P01'),
+      (error) =>
+        isTenantryError(error, 'TENANTRY_ERR_DB_UNAVAILABLE') &&
+        error.details?.sqlState === '28P01',
     );
   });
 

@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { after, describe, test } from 'node:test';
-import pg from 'pg';
 import { isTenantryError } from 'tenantry';
 import { createTestDatabase, readTestCluster } from 'tenantry/testing';
 import {
@@ -14,6 +13,8 @@ import {
   trustedSecurityDefinerFunctions,
 } from '../src/doctor/doctor.ts';
 
+import { withClient } from './fixtures.ts';
+
 const referenceTables = [
   'public.contact_tags',
   'public.contacts',
@@ -21,16 +22,6 @@ const referenceTables = [
   'public.messages',
   'public.tags',
 ];
-
-async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-}
 
 /** Clones the migrated template, breaks it with `holeSql` as the superuser, audits it, drops it. */
 async function audit(holeSql = '', options: Partial<DoctorOptions> = {}): Promise<DoctorReport> {

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Generated, Kysely } from 'kysely';
-import pg from 'pg';
 import type { Tenantry } from 'tenantry';
+import { withClient } from '../src/database/client.ts';
 
 /** The reference schema's tables, as the tests use them. */
 export interface ReferenceDatabase {
@@ -92,21 +92,6 @@ export async function seedTenant(
   });
 }
 
-/** Runs `fn` with a dedicated client that is closed afterwards. */
-export async function withClient<T>(
-  url: string,
-  fn: (client: pg.Client) => Promise<T>,
-): Promise<T> {
-  const client = new pg.Client({ connectionString: url });
-  client.on('error', () => {});
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
-
 /** Lists the tenant tables of the public schema from the catalog. */
 export async function listTenantTables(adminUrl: string): Promise<string[]> {
   return withClient(adminUrl, async (client) => {
@@ -130,3 +115,5 @@ export async function sqlState(promise: Promise<unknown>): Promise<string> {
     return String((error as { code?: unknown }).code);
   }
 }
+
+export { withClient };

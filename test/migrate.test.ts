@@ -17,19 +17,11 @@ import {
   substituteVariables,
 } from '../src/migrations/migrate.ts';
 
+import { withClient } from './fixtures.ts';
+
 const appMigrationsDirectory = fileURLToPath(new URL('../app/migrations/', import.meta.url));
 const scratchDatabases: string[] = [];
 const scratchFolders: string[] = [];
-
-async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-}
 
 /** An empty database owned by the owner role, as `tenantry setup` leaves it; dropped after the file. */
 async function createEmptyDatabase(): Promise<string> {

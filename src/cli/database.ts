@@ -1,6 +1,6 @@
-import pg from 'pg';
 import { defaultRoleNames } from '../config.ts';
 import { bootstrapDatabase, withDatabase } from '../database/bootstrap.ts';
+import { withClient } from '../database/client.ts';
 import {
   type EmbeddedPostgresServer,
   startEmbeddedPostgres,
@@ -105,21 +105,22 @@ function passwordOf(url: string | undefined): string | undefined {
 }
 
 async function isSuperuser(url: string): Promise<boolean> {
-  const client = new pg.Client({ connectionString: url });
-  client.on('error', () => {});
-  try {
-    await client.connect();
-    const result = await client.query<{ super: boolean }>(
-      'select rolsuper as super from pg_roles where rolname = current_user',
+  return withClient(url, async (client) => {
+    const result = await client.query<{ super: boolean; missing: string[] }>(
+      `select r.rolsuper as super,
+              array(select name from unnest($1::text[]) as name
+                    where not exists (select 1 from pg_roles where rolname = name)) as missing
+       from pg_roles r where r.rolname = current_user`,
+      [Object.values(defaultRoleNames)],
     );
-    return result.rows[0]?.super === true;
-  } catch (error) {
-    throw new TenantryError(
-      'TENANTRY_ERR_DB_UNAVAILABLE',
-      `Cannot connect to DATABASE_URL: ${error instanceof Error ? error.message : String(error)}`,
-      { cause: error },
-    );
-  } finally {
-    await client.end().catch(() => undefined);
-  }
+    const row = result.rows[0];
+    if (row?.super !== true && (row?.missing.length ?? 0) > 0) {
+      throw new TenantryError(
+        'TENANTRY_ERR_BOOTSTRAP_FAILED',
+        `DATABASE_URL is not a superuser, so Tenantry cannot create the roles ${row?.missing.join(', ')}. ` +
+          'Create them as docs/reference/security-model.md shows, or use a superuser connection once.',
+      );
+    }
+    return row?.super === true;
+  });
 }

@@ -1,4 +1,3 @@
-import pg from 'pg';
 import {
   defaultTenantrySchema,
   parseIdentifier,
@@ -9,6 +8,7 @@ import {
 } from '../config.ts';
 import { TenantryError } from '../errors.ts';
 import { type Logger, silentLogger } from '../logger.ts';
+import { connectClient as connect } from './client.ts';
 
 /** Options for {@link bootstrapDatabase}. */
 export interface BootstrapOptions {
@@ -186,21 +186,6 @@ export async function bootstrapDatabase(options: BootstrapOptions): Promise<void
   } finally {
     await target.end().catch(() => undefined);
   }
-}
-
-async function connect(connectionString: string): Promise<pg.Client> {
-  const client = new pg.Client({ connectionString });
-  client.on('error', () => {});
-  try {
-    await client.connect();
-  } catch (error) {
-    throw new TenantryError(
-      'TENANTRY_ERR_DB_UNAVAILABLE',
-      `Cannot connect to PostgreSQL: ${error instanceof Error ? error.message : String(error)}`,
-      { cause: error },
-    );
-  }
-  return client;
 }
 
 /** Returns the connection string with its database (path) replaced. */

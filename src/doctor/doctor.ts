@@ -1,10 +1,11 @@
-import pg from 'pg';
+import type pg from 'pg';
 import {
   defaultTenantrySchema,
   parseIdentifier,
   type RoleNames,
   resolveRoleNames,
 } from '../config.ts';
+import { connectClient } from '../database/client.ts';
 import { TenantryError } from '../errors.ts';
 import { type DoctorContext, doctorChecks } from './checks.ts';
 
@@ -127,17 +128,7 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
   const roles = resolveRoleNames(options.roles);
   const checkedAt = new Date().toISOString();
 
-  const client = new pg.Client({ connectionString: options.connectionString });
-  client.on('error', () => {});
-  try {
-    await client.connect();
-  } catch (error) {
-    throw new TenantryError(
-      'TENANTRY_ERR_DB_UNAVAILABLE',
-      `Cannot connect to PostgreSQL: ${error instanceof Error ? error.message : String(error)}`,
-      { cause: error },
-    );
-  }
+  const client = await connectClient(options.connectionString);
   try {
     // One snapshot for every check; the pg_catalog-only search path makes pg_get_expr and
     // regprocedure print schema-qualified names, which the checks compare against.

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import pg from 'pg';
 import { defaultRoleNames, quoteIdentifier } from '../config.ts';
 import { bootstrapDatabase, withCredentials, withDatabase } from '../database/bootstrap.ts';
+import { withClient } from '../database/client.ts';
 import { startEmbeddedPostgres } from '../database/embedded-postgres.ts';
 import { TenantryError } from '../errors.ts';
 import { type MigrationSource, migrate } from '../migrations/migrate.ts';
@@ -118,12 +118,12 @@ export async function createTestDatabase(
   cluster: TestCluster = readTestCluster(),
 ): Promise<TestDatabase> {
   const name = `tenantry_test_${randomBytes(6).toString('hex')}`;
-  await withAdmin(cluster.adminUrl, async (client) => {
+  await withClient(cluster.adminUrl, async (client) => {
     await client.query(
       `create database ${quoteIdentifier(name)} template ${quoteIdentifier(cluster.template)} owner ${quoteIdentifier(defaultRoleNames.owner)}`,
     );
   });
-  await withAdmin(withDatabase(cluster.adminUrl, name), async (client) => {
+  await withClient(withDatabase(cluster.adminUrl, name), async (client) => {
     await client.query(`
       revoke all on database ${quoteIdentifier(name)} from public;
       grant connect, temporary on database ${quoteIdentifier(name)} to ${quoteIdentifier(defaultRoleNames.app)}, ${quoteIdentifier(defaultRoleNames.analytics)};`);
@@ -151,18 +151,7 @@ export function readTestCluster(): TestCluster {
 }
 
 async function dropDatabase(adminUrl: string, name: string): Promise<void> {
-  await withAdmin(adminUrl, (client) =>
+  await withClient(adminUrl, (client) =>
     client.query(`drop database if exists ${quoteIdentifier(name)} with (force)`),
   );
-}
-
-async function withAdmin<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url });
-  client.on('error', () => {});
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end().catch(() => undefined);
-  }
 }
