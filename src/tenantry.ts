@@ -201,6 +201,7 @@ class UnitOfWork implements DatabaseConnection {
   #pending = new Set<Promise<unknown>>();
   #failure: unknown;
   #savepoints = 0;
+  #broken = false;
   readonly #savepointStack: { name: string; failure: unknown }[] = [];
 
   readonly #statements: StatementCache | undefined;
@@ -221,6 +222,11 @@ class UnitOfWork implements DatabaseConnection {
 
   get isOpen(): boolean {
     return this.#state !== 'closed';
+  }
+
+  /** Whether the connection's transaction state is unknown, so it must not be reused. */
+  get isBroken(): boolean {
+    return this.#broken;
   }
 
   /**
@@ -302,7 +308,9 @@ class UnitOfWork implements DatabaseConnection {
       ).run(this.#client);
     } catch (error) {
       // The server skipped the COMMIT after the error, leaving the transaction aborted.
-      await this.#client.query('rollback');
+      await this.#client.query('rollback').catch(() => {
+        this.#broken = true;
+      });
       this.#state = 'done';
       throw toTenantryError(error);
     }
@@ -549,7 +557,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
       await unit.commit();
     } catch (error) {
       // Database errors were mapped where they arose; errors of fn's own pass through as they are.
-      let broken = isTenantryError(error, 'TENANTRY_ERR_DB_UNAVAILABLE');
+      let broken = unit.isBroken || isTenantryError(error, 'TENANTRY_ERR_DB_UNAVAILABLE');
       await unit.rollback().catch(() => {
         broken = true;
       });
