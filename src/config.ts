@@ -25,7 +25,15 @@ export const defaultRoleNames: RoleNames = Object.freeze({
   analytics: 'tenantry_analytics',
 });
 
-/** The schema that holds Tenantry's own objects when none is configured. */
+/**
+ * The schema that holds Tenantry's own objects when none is configured.
+ *
+ * @example
+ * ```ts
+ * import { defaultTenantrySchema } from 'tenantry';
+ * console.log(defaultTenantrySchema); // 'tenantry'
+ * ```
+ */
 export const defaultTenantrySchema = 'tenantry';
 
 const identifierPattern = /^[a-z_][a-z0-9_$]{0,62}$/;

@@ -132,7 +132,16 @@ export function toTenantryError(error: unknown): unknown {
   return new TenantryError(rule.code, rule.message, { cause: error, details: { sqlState: code } });
 }
 
-/** Tells whether an error means the unit of work can be retried from the start. */
+/**
+ * Tells whether an error means the unit of work can be retried from the start (serialization
+ * failure, deadlock, prepared statement invalidated by a schema change).
+ *
+ * @example
+ * ```ts
+ * import { isRetryableError } from 'tenantry';
+ * if (isRetryableError(error)) await runAgain();
+ * ```
+ */
 export function isRetryableError(error: unknown): boolean {
   if (!(error instanceof TenantryError)) return false;
   const sqlState = error.details?.sqlState;

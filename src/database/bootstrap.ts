@@ -188,14 +188,30 @@ export async function bootstrapDatabase(options: BootstrapOptions): Promise<void
   }
 }
 
-/** Returns the connection string with its database (path) replaced. */
+/**
+ * Returns the connection string with its database (path) replaced.
+ *
+ * @example
+ * ```ts
+ * import { withDatabase } from 'tenantry';
+ * withDatabase('postgres://u:p@127.0.0.1:5432/postgres', 'tenantry'); // '.../tenantry'
+ * ```
+ */
 export function withDatabase(connectionString: string, database: string): string {
   const url = new URL(connectionString);
   url.pathname = `/${encodeURIComponent(database)}`;
   return url.toString();
 }
 
-/** Returns the connection string with its user and password replaced. */
+/**
+ * Returns the connection string with its user and password replaced.
+ *
+ * @example
+ * ```ts
+ * import { withCredentials } from 'tenantry';
+ * const appUrl = withCredentials(adminUrl, 'tenantry_app', appPassword);
+ * ```
+ */
 export function withCredentials(
   connectionString: string,
   user: string,

@@ -138,7 +138,15 @@ export async function createTestDatabase(
   });
 }
 
-/** Reads the cluster published by {@link startTestCluster}. */
+/**
+ * Reads the cluster published by {@link startTestCluster}.
+ *
+ * @example
+ * ```ts
+ * import { readTestCluster } from 'tenantry/testing';
+ * const { adminUrl, template } = readTestCluster();
+ * ```
+ */
 export function readTestCluster(): TestCluster {
   const raw = process.env[clusterVariable];
   if (raw === undefined) {
