@@ -40,7 +40,11 @@ export const errorCodes = Object.freeze({
   },
   TENANTRY_ERR_STREAMING_UNSUPPORTED: {
     status: 500,
-    title: 'Streaming is not available in a tenant unit of work',
+    title: 'A one-shot unit of work cannot stream',
+  },
+  TENANTRY_ERR_STREAM_OPEN: {
+    status: 500,
+    title: 'Query on a unit of work while its stream is open',
   },
   TENANTRY_ERR_ONE_SHOT_SECOND_QUERY: {
     status: 500,

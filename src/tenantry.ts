@@ -14,6 +14,7 @@ import {
   type TransactionSettings,
 } from 'kysely';
 import pg from 'pg';
+import Cursor from 'pg-cursor';
 import { ContextStatement } from './context-statement.ts';
 import { isRetryableError, toTenantryError } from './database-errors.ts';
 import { isTenantryError, TenantryError } from './errors.ts';
@@ -166,11 +167,38 @@ async function runQuery(client: pg.PoolClient, compiled: CompiledQuery): Promise
   }
 }
 
-function streamingUnsupported(): never {
-  throw new TenantryError(
-    'TENANTRY_ERR_STREAMING_UNSUPPORTED',
-    'Tenantry connections do not hold cursors open; page with keyset pagination instead.',
-  );
+/**
+ * Reads a query through a server-side cursor, `chunkSize` rows per round trip, so a large
+ * result never sits in memory whole. `onRead` sees every read (to record failures).
+ */
+async function* streamRows<R>(
+  client: pg.PoolClient,
+  compiled: CompiledQuery,
+  chunkSize: number | undefined,
+  onRead: <T>(read: Promise<T>) => Promise<T> = (read) => read,
+): AsyncIterableIterator<QueryResult<R>> {
+  const size = chunkSize ?? 100;
+  if (!Number.isInteger(size) || size < 1) {
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      'The stream chunk size must be a positive integer.',
+    );
+  }
+  const cursor = client.query(new Cursor<R>(compiled.sql, compiled.parameters as unknown[]));
+  try {
+    while (true) {
+      let rows: R[];
+      try {
+        rows = await onRead(cursor.read(size));
+      } catch (error) {
+        throw toTenantryError(error);
+      }
+      if (rows.length === 0) return;
+      yield { rows };
+    }
+  } finally {
+    await cursor.close().catch(() => undefined);
+  }
 }
 
 class PooledConnection implements DatabaseConnection {
@@ -181,9 +209,11 @@ class PooledConnection implements DatabaseConnection {
   async executeQuery<R>(compiled: CompiledQuery): Promise<QueryResult<R>> {
     return toQueryResult<R>(await runQuery(this.client, compiled));
   }
-  // biome-ignore lint/correctness/useYield: always throws before yielding
-  async *streamQuery<R>(): AsyncIterableIterator<QueryResult<R>> {
-    streamingUnsupported();
+  streamQuery<R>(
+    compiled: CompiledQuery,
+    chunkSize?: number,
+  ): AsyncIterableIterator<QueryResult<R>> {
+    return streamRows<R>(this.client, compiled, chunkSize);
   }
 }
 
@@ -201,6 +231,7 @@ class UnitOfWork implements DatabaseConnection {
   #pending = new Set<Promise<unknown>>();
   #failure: unknown;
   #savepoints = 0;
+  #streaming = false;
   #broken = false;
   readonly #savepointStack: { name: string; failure: unknown }[] = [];
 
@@ -265,12 +296,7 @@ class UnitOfWork implements DatabaseConnection {
   }
 
   async executeQuery<R>(compiled: CompiledQuery): Promise<QueryResult<R>> {
-    if (this.#state === 'closed') {
-      throw new TenantryError(
-        'TENANTRY_ERR_UNIT_OF_WORK_CLOSED',
-        'This unit of work has already committed or rolled back; start a new one with withTenant().',
-      );
-    }
+    this.#assertUsable();
     if (this.#oneShot) return this.#executeOneShot<R>(compiled);
     const values = compiled.parameters as unknown[];
     // The first query opens the transaction; `#state` changes before anything is awaited so
@@ -319,9 +345,52 @@ class UnitOfWork implements DatabaseConnection {
     return toQueryResult<R>(outcome.result);
   }
 
-  // biome-ignore lint/correctness/useYield: always throws before yielding
-  async *streamQuery<R>(): AsyncIterableIterator<QueryResult<R>> {
-    streamingUnsupported();
+  /**
+   * Streams through a cursor inside the unit's transaction. While a stream is open the
+   * connection is busy with it: another query on the unit is refused rather than left waiting
+   * behind the stream forever.
+   */
+  async *streamQuery<R>(
+    compiled: CompiledQuery,
+    chunkSize?: number,
+  ): AsyncIterableIterator<QueryResult<R>> {
+    this.#assertUsable();
+    if (this.#oneShot) {
+      throw new TenantryError(
+        'TENANTRY_ERR_STREAMING_UNSUPPORTED',
+        'A one-shot unit of work cannot stream; use withTenant() to read through a cursor.',
+      );
+    }
+    this.#streaming = true;
+    try {
+      if (this.#state === 'idle') {
+        this.#state = 'begun';
+        // The prefix holds only validated literals (see contextStatements).
+        const begun = await this.#track(this.#client.query(this.#prefix.join('; ')));
+        const commands = (Array.isArray(begun) ? begun : [begun]).map(
+          (result: pg.QueryResult) => result.command,
+        );
+        if (commands[0] !== 'BEGIN') throw rolledBack(undefined);
+      }
+      yield* streamRows<R>(this.#client, compiled, chunkSize, (read) => this.#track(read));
+    } finally {
+      this.#streaming = false;
+    }
+  }
+
+  #assertUsable(): void {
+    if (this.#state === 'closed') {
+      throw new TenantryError(
+        'TENANTRY_ERR_UNIT_OF_WORK_CLOSED',
+        'This unit of work has already committed or rolled back; start a new one with withTenant().',
+      );
+    }
+    if (this.#streaming) {
+      throw new TenantryError(
+        'TENANTRY_ERR_STREAM_OPEN',
+        'A stream is still open on this unit of work; finish or break out of it before running another query.',
+      );
+    }
   }
 
   async #settle(): Promise<unknown> {

@@ -636,3 +636,72 @@ describe('unit of work edge cases', () => {
     assert.equal(await count(), 0);
   });
 });
+
+describe('streaming', () => {
+  let tenantId: string;
+  before(async () => {
+    tenantId = randomUUID();
+    await tenantry.withTenant(tenantId, (db) =>
+      db
+        .insertInto('contacts')
+        .values(Array.from({ length: 1050 }, (_, n) => ({ name: `streamed ${n}` })))
+        .execute(),
+    );
+  });
+
+  test('a stream reads every row of the tenant through a cursor, in chunks, and the unit commits', async () => {
+    const seen = await tenantry.withTenant(tenantId, async (db) => {
+      const tenants = new Set<string>();
+      let count = 0;
+      for await (const row of db.selectFrom('contacts').select(['tenant_id', 'name']).stream(100)) {
+        tenants.add(row.tenant_id);
+        count++;
+      }
+      await db.insertInto('tags').values({ name: 'after stream' }).execute();
+      return { count, tenants: [...tenants] };
+    });
+    assert.deepEqual(seen, { count: 1050, tenants: [tenantId] });
+    const tag = await tenantry.oneShot(tenantId, (db) =>
+      db.selectFrom('tags').select('name').where('name', '=', 'after stream').executeTakeFirst(),
+    );
+    assert.equal(tag?.name, 'after stream');
+  });
+
+  test("a stream as another tenant sees none of this tenant's rows", async () => {
+    const names = await tenantry.withTenant(a.tenantId, async (db) => {
+      const found: string[] = [];
+      for await (const row of db.selectFrom('contacts').select('name').stream(50))
+        found.push(row.name);
+      return found;
+    });
+    assert.ok(!names.some((name) => name.startsWith('streamed ')));
+  });
+
+  test('a query while the stream is open is refused instead of hanging', async () => {
+    await assert.rejects(
+      tenantry.withTenant(tenantId, async (db) => {
+        for await (const _row of db.selectFrom('contacts').select('id').stream(10)) {
+          await db.selectFrom('tags').select('id').execute();
+        }
+      }),
+      hasCode('TENANTRY_ERR_STREAM_OPEN'),
+    );
+  });
+
+  test('breaking out of a stream closes the cursor and the unit goes on', async () => {
+    const after = await tenantry.withTenant(tenantId, async (db) => {
+      for await (const _row of db.selectFrom('contacts').select('id').stream(10)) break;
+      return db.selectFrom('contacts').select('id').limit(1).execute();
+    });
+    assert.equal(after.length, 1);
+  });
+
+  test('oneShot refuses to stream', async () => {
+    await assert.rejects(
+      tenantry.oneShot(tenantId, async (db) => {
+        for await (const _row of db.selectFrom('contacts').select('id').stream()) break;
+      }),
+      hasCode('TENANTRY_ERR_STREAMING_UNSUPPORTED'),
+    );
+  });
+});
