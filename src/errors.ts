@@ -126,6 +126,126 @@ export const errorCodes = Object.freeze({
     status: 500,
     title: 'Creating roles or database failed',
   },
+  TENANTRY_ERR_AUTH_REQUIRED: {
+    status: 401,
+    title: 'Credentials required',
+  },
+  TENANTRY_ERR_AUTH_TOKEN_INVALID: {
+    status: 401,
+    title: 'Access token rejected',
+  },
+  TENANTRY_ERR_AUTH_TOKEN_EXPIRED: {
+    status: 401,
+    title: 'Access token expired or not yet valid',
+  },
+  TENANTRY_ERR_AUTH_CLAIM_INVALID: {
+    status: 401,
+    title: 'Tenant or user claim missing or malformed',
+  },
+  TENANTRY_ERR_AUTH_API_KEY_INVALID: {
+    status: 401,
+    title: 'API key rejected',
+  },
+  TENANTRY_ERR_AUTH_API_KEY_REVOKED: {
+    status: 401,
+    title: 'API key revoked or expired',
+  },
+  TENANTRY_ERR_AUTH_HEADER_UNTRUSTED: {
+    status: 401,
+    title: 'Trusted tenant header sent by an untrusted caller',
+  },
+  TENANTRY_ERR_AUTH_INSUFFICIENT_SCOPE: {
+    status: 403,
+    title: 'Credential lacks the scope this route requires',
+  },
+  TENANTRY_ERR_AUTH_FORBIDDEN: {
+    status: 403,
+    title: 'Role not allowed to perform this action',
+  },
+  TENANTRY_ERR_TENANT_UNIDENTIFIED: {
+    status: 400,
+    title: 'No tenant identified for a tenant route',
+  },
+  TENANTRY_ERR_TENANT_MISMATCH: {
+    status: 403,
+    title: 'Identification strategies named different tenants',
+  },
+  TENANTRY_ERR_TENANT_NOT_FOUND: {
+    status: 404,
+    title: 'Tenant not found',
+  },
+  TENANTRY_ERR_TENANT_SUSPENDED: {
+    status: 403,
+    title: 'Tenant suspended',
+  },
+  TENANTRY_ERR_TENANT_DELETED: {
+    status: 410,
+    title: 'Tenant deleted',
+  },
+  TENANTRY_ERR_TENANT_MOVING: {
+    status: 503,
+    title: 'Tenant is being moved; retry shortly',
+  },
+  TENANTRY_ERR_TENANT_SLUG_INVALID: {
+    status: 400,
+    title: 'Tenant slug invalid or reserved',
+  },
+  TENANTRY_ERR_TENANT_SLUG_TAKEN: {
+    status: 409,
+    title: 'Tenant slug already taken',
+  },
+  TENANTRY_ERR_HTTP_BAD_REQUEST: {
+    status: 400,
+    title: 'Malformed request',
+  },
+  TENANTRY_ERR_HTTP_VALIDATION: {
+    status: 400,
+    title: 'Request failed validation',
+  },
+  TENANTRY_ERR_HTTP_NOT_FOUND: {
+    status: 404,
+    title: 'Not found',
+  },
+  TENANTRY_ERR_HTTP_METHOD_NOT_ALLOWED: {
+    status: 405,
+    title: 'Method not allowed',
+  },
+  TENANTRY_ERR_HTTP_PAYLOAD_TOO_LARGE: {
+    status: 413,
+    title: 'Request body too large',
+  },
+  TENANTRY_ERR_HTTP_UNSUPPORTED_MEDIA_TYPE: {
+    status: 415,
+    title: 'Unsupported content type',
+  },
+  TENANTRY_ERR_HTTP_PRECONDITION_FAILED: {
+    status: 412,
+    title: 'If-Match does not match the current version',
+  },
+  TENANTRY_ERR_HTTP_PRECONDITION_REQUIRED: {
+    status: 428,
+    title: 'If-Match header required',
+  },
+  TENANTRY_ERR_HTTP_IDEMPOTENCY_KEY_INVALID: {
+    status: 400,
+    title: 'Idempotency-Key header malformed',
+  },
+  TENANTRY_ERR_HTTP_IDEMPOTENCY_KEY_REUSED: {
+    status: 422,
+    title: 'Idempotency key reused with a different request',
+  },
+  TENANTRY_ERR_HTTP_IDEMPOTENCY_IN_PROGRESS: {
+    status: 409,
+    title: 'A request with this idempotency key is still running',
+  },
+  TENANTRY_ERR_HTTP_INTERNAL: {
+    status: 500,
+    title: 'Internal server error',
+  },
+  TENANTRY_ERR_WEBHOOK_SIGNATURE_INVALID: {
+    status: 401,
+    title: 'Webhook signature missing, stale or wrong',
+  },
 } as const);
 
 /** A stable Tenantry error code such as `TENANTRY_ERR_CONTEXT_MISSING`. */

@@ -224,7 +224,9 @@ class PooledConnection implements DatabaseConnection {
  */
 class UnitOfWork implements DatabaseConnection {
   readonly context: TenantContext;
-  readonly #client: pg.PoolClient;
+  readonly #acquire: () => Promise<pg.PoolClient>;
+  #connecting: Promise<pg.PoolClient> | undefined;
+  #ended = false;
   readonly #prefix: readonly string[];
   readonly #oneShot: boolean;
   #state: 'idle' | 'begun' | 'done' | 'closed' = 'idle';
@@ -238,13 +240,13 @@ class UnitOfWork implements DatabaseConnection {
   readonly #statements: StatementCache | undefined;
 
   constructor(
-    client: pg.PoolClient,
+    acquire: () => Promise<pg.PoolClient>,
     context: TenantContext,
     prefix: readonly string[],
     oneShot: boolean,
     statements: StatementCache | undefined,
   ) {
-    this.#client = client;
+    this.#acquire = acquire;
     this.context = context;
     this.#prefix = prefix;
     this.#oneShot = oneShot;
@@ -253,6 +255,20 @@ class UnitOfWork implements DatabaseConnection {
 
   get isOpen(): boolean {
     return this.#state !== 'closed';
+  }
+
+  /** Whether a statement was sent, so the unit holds a connection and a transaction. */
+  get isActive(): boolean {
+    return this.#connecting !== undefined;
+  }
+
+  /**
+   * The unit's connection, taken from the pool by the first statement: a unit of work that
+   * never queries never takes one.
+   */
+  #connect(): Promise<pg.PoolClient> {
+    this.#connecting ??= this.#acquire();
+    return this.#connecting;
   }
 
   /** Whether the connection's transaction state is unknown, so it must not be reused. */
@@ -304,7 +320,9 @@ class UnitOfWork implements DatabaseConnection {
     const prefix = this.#state === 'idle' ? this.#prefix : [];
     this.#state = 'begun';
     const sent = this.#track(
-      new ContextStatement(prefix, compiled.sql, values, [], this.#statements).run(this.#client),
+      this.#connect().then((client) =>
+        new ContextStatement(prefix, compiled.sql, values, [], this.#statements).run(client),
+      ),
     );
     try {
       const { result, commands } = await sent;
@@ -323,6 +341,7 @@ class UnitOfWork implements DatabaseConnection {
       );
     }
     this.#state = 'begun';
+    const client = await this.#connect();
     let outcome: Awaited<ReturnType<ContextStatement['run']>>;
     try {
       outcome = await new ContextStatement(
@@ -331,10 +350,10 @@ class UnitOfWork implements DatabaseConnection {
         compiled.parameters as unknown[],
         ['commit'],
         this.#statements,
-      ).run(this.#client);
+      ).run(client);
     } catch (error) {
       // The server skipped the COMMIT after the error, leaving the transaction aborted.
-      await this.#client.query('rollback').catch(() => {
+      await client.query('rollback').catch(() => {
         this.#broken = true;
       });
       this.#state = 'done';
@@ -363,16 +382,17 @@ class UnitOfWork implements DatabaseConnection {
     }
     this.#streaming = true;
     try {
+      const client = await this.#connect();
       if (this.#state === 'idle') {
         this.#state = 'begun';
         // The prefix holds only validated literals (see contextStatements).
-        const begun = await this.#track(this.#client.query(this.#prefix.join('; ')));
+        const begun = await this.#track(client.query(this.#prefix.join('; ')));
         const commands = (Array.isArray(begun) ? begun : [begun]).map(
           (result: pg.QueryResult) => result.command,
         );
         if (commands[0] !== 'BEGIN') throw rolledBack(undefined);
       }
-      yield* streamRows<R>(this.#client, compiled, chunkSize, (read) => this.#track(read));
+      yield* streamRows<R>(client, compiled, chunkSize, (read) => this.#track(read));
     } finally {
       this.#streaming = false;
     }
@@ -398,7 +418,7 @@ class UnitOfWork implements DatabaseConnection {
     return this.#failure;
   }
 
-  async commit(): Promise<void> {
+  async #commit(client: pg.PoolClient): Promise<void> {
     if (this.#oneShot || this.#state === 'idle') {
       this.#state = 'closed';
       return;
@@ -406,24 +426,65 @@ class UnitOfWork implements DatabaseConnection {
     const failure = await this.#settle();
     this.#state = 'closed';
     if (failure !== undefined) {
-      await this.#client.query('rollback');
+      await client.query('rollback');
       throw rolledBack(failure);
     }
     let result: pg.QueryResult;
     try {
-      result = await this.#client.query('commit');
+      result = await client.query('commit');
     } catch (error) {
       throw toTenantryError(error);
     }
     if (result.command !== 'COMMIT') throw rolledBack(undefined);
   }
 
-  async rollback(): Promise<void> {
+  async #rollback(client: pg.PoolClient): Promise<void> {
     const begun = this.#state === 'begun' && !this.#oneShot;
     this.#state = 'closed';
     if (!begun) return;
     await this.#settle();
-    await this.#client.query('rollback');
+    await client.query('rollback');
+  }
+
+  /**
+   * Commits (or, with `commit` false, rolls back) and gives the connection back. A failed
+   * commit rolls back and rethrows. `cause` is the error that ended the unit, if any.
+   */
+  async end(commit: boolean, cause?: unknown): Promise<void> {
+    if (this.#ended) return;
+    this.#ended = true;
+    const connecting = this.#connecting;
+    if (connecting === undefined) {
+      this.#state = 'closed';
+      return;
+    }
+    let client: pg.PoolClient;
+    try {
+      client = await connecting;
+    } catch {
+      this.#state = 'closed';
+      return;
+    }
+    let broken = this.#broken || isTenantryError(cause, 'TENANTRY_ERR_DB_UNAVAILABLE');
+    let failure: unknown;
+    if (commit) {
+      try {
+        await this.#commit(client);
+      } catch (error) {
+        failure = error;
+        broken ||= isTenantryError(error, 'TENANTRY_ERR_DB_UNAVAILABLE');
+      }
+    }
+    if (!commit || failure !== undefined) {
+      await this.#rollback(client).catch(() => {
+        broken = true;
+      });
+    }
+    // A connection whose transaction state is unknown must never go back to the pool.
+    client.release(
+      broken ? new Error('tenantry: discarding connection after a failed unit of work') : undefined,
+    );
+    if (failure !== undefined) throw failure;
   }
 }
 
@@ -612,9 +673,8 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
     unitOptions: UnitOfWorkOptions | undefined,
     oneShot: boolean,
   ): Promise<T> {
-    const client = await connectClient(pool);
     const unit = new UnitOfWork(
-      client,
+      () => connectClient(pool),
       context,
       contextStatements(context, unitOptions),
       oneShot,
@@ -623,22 +683,12 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
     let result: T;
     try {
       result = await storage.run(unit, () => fn(db));
-      await unit.commit();
     } catch (error) {
       // Database errors were mapped where they arose; errors of fn's own pass through as they are.
-      let broken = unit.isBroken || isTenantryError(error, 'TENANTRY_ERR_DB_UNAVAILABLE');
-      await unit.rollback().catch(() => {
-        broken = true;
-      });
-      // A connection whose transaction state is unknown must never go back to the pool.
-      client.release(
-        broken
-          ? new Error('tenantry: discarding connection after a failed unit of work')
-          : undefined,
-      );
+      await unit.end(false, error).catch(() => undefined);
       throw error;
     }
-    client.release();
+    await unit.end(true);
     return result;
   }
 

@@ -1,38 +1,30 @@
-import { randomUUID } from 'node:crypto';
-import type { Generated, Kysely } from 'kysely';
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { Kysely } from 'kysely';
+import type { AppDatabase } from '../app/database.ts';
 import type { Tenantry } from 'tenantry';
 import { withClient } from '../src/database/client.ts';
 
 /** The reference schema's tables, as the tests use them. */
-export interface ReferenceDatabase {
-  contacts: {
-    tenant_id: Generated<string>;
-    id: Generated<string>;
-    name: string;
-    phone: string | null;
-    email: string | null;
-  };
-  tags: { tenant_id: Generated<string>; id: Generated<string>; name: string };
-  contact_tags: { tenant_id: Generated<string>; contact_id: string; tag_id: string };
-  conversations: {
-    tenant_id: Generated<string>;
-    id: Generated<string>;
-    contact_id: string;
-    subject: string | null;
-    status: Generated<string>;
-  };
-  messages: {
-    tenant_id: Generated<string>;
-    id: Generated<string>;
-    conversation_id: string;
-    direction: string;
-    body: string;
-  };
-}
+export type ReferenceDatabase = AppDatabase;
+
+/** Every tenant table of the reference schema (public). */
+export const referenceTenantTables = Object.freeze([
+  'contacts',
+  'tags',
+  'contact_tags',
+  'conversations',
+  'messages',
+  'message_templates',
+  'memberships',
+  'invitations',
+  'workspace_settings',
+  'idempotency_keys',
+]);
 
 /** Ids of the rows {@link seedTenant} created. */
 export interface SeededTenant {
   readonly tenantId: string;
+  readonly userId: string;
   readonly contactId: string;
   readonly tagId: string;
   readonly conversationId: string;
@@ -46,13 +38,18 @@ export async function seedTenant(
   slug: string,
 ): Promise<SeededTenant> {
   const tenantId = randomUUID();
-  await withClient(adminUrl, (client) =>
-    client.query('insert into tenantry.tenants (id, slug, name) values ($1, $2, $3)', [
+  const userId = randomUUID();
+  await withClient(adminUrl, async (client) => {
+    await client.query('insert into tenantry.tenants (id, slug, name) values ($1, $2, $3)', [
       tenantId,
       slug,
       slug,
-    ]),
-  );
+    ]);
+    await client.query(
+      `insert into auth.users (id, email, name, password_hash) values ($1, $2, $3, 'x')`,
+      [userId, `owner@${slug}.test`, slug],
+    );
+  });
   return tenantry.withTenant(tenantId, async (db: Kysely<ReferenceDatabase>) => {
     const contact = await db
       .insertInto('contacts')
@@ -82,8 +79,32 @@ export async function seedTenant(
       })
       .returning('id')
       .executeTakeFirstOrThrow();
+    await db.insertInto('memberships').values({ user_id: userId, role: 'owner' }).execute();
+    await db
+      .insertInto('invitations')
+      .values({
+        email: `invitee@${slug}.test`,
+        role: 'member',
+        token_hash: randomBytes(32),
+        invited_by: userId,
+        expires_at: new Date(Date.now() + 86_400_000),
+      })
+      .execute();
+    await db
+      .insertInto('workspace_settings')
+      .values({ inbound_webhook_secret: `${slug}-webhook-secret` })
+      .execute();
+    await db
+      .insertInto('message_templates')
+      .values({ name: `${slug}_welcome`, body: `Welcome to ${slug}` })
+      .execute();
+    await db
+      .insertInto('idempotency_keys')
+      .values({ key: `${slug}-key`, request_hash: randomBytes(32), status_code: 201, response: '{}' })
+      .execute();
     return {
       tenantId,
+      userId,
       contactId: contact.id,
       tagId: tag.id,
       conversationId: conversation.id,

@@ -488,7 +488,7 @@ describe('tenant id validation happens before any SQL', () => {
         );
       }
       await assert.rejects(
-        unreachable.withTenant(a.tenantId, async () => 'x'),
+        unreachable.withTenant(a.tenantId, (db) => db.selectFrom('contacts').selectAll().execute()),
         hasCode('TENANTRY_ERR_DB_UNAVAILABLE'),
       );
     } finally {

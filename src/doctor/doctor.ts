@@ -89,10 +89,13 @@ export interface DoctorReport {
  * @example
  * ```ts
  * import { trustedSecurityDefinerFunctions } from 'tenantry';
- * console.log(trustedSecurityDefinerFunctions); // []
+ * console.log(trustedSecurityDefinerFunctions); // ['create_tenant', 'authenticate_api_key']
  * ```
  */
-export const trustedSecurityDefinerFunctions: readonly string[] = Object.freeze([]);
+export const trustedSecurityDefinerFunctions: readonly string[] = Object.freeze([
+  'create_tenant',
+  'authenticate_api_key',
+]);
 
 const severityOrder = { error: 0, warning: 1 } as const;
 

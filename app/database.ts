@@ -1,0 +1,104 @@
+import type { ColumnType, Generated } from 'kysely';
+
+type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
+type TenantId = Generated<string>;
+
+/** Tables of the reference app as Kysely sees them (migrations in `app/migrations`). */
+export interface AppDatabase {
+  contacts: {
+    tenant_id: TenantId;
+    id: Generated<string>;
+    name: string;
+    phone: string | null;
+    email: string | null;
+    email_normalized: ColumnType<string | null, never, never>;
+    attributes: ColumnType<Record<string, unknown>, string | undefined, string>;
+    version: Generated<number>;
+    created_at: Generated<Date>;
+    updated_at: Timestamp;
+  };
+  tags: { tenant_id: TenantId; id: Generated<string>; name: string };
+  contact_tags: { tenant_id: TenantId; contact_id: string; tag_id: string };
+  conversations: {
+    tenant_id: TenantId;
+    id: Generated<string>;
+    contact_id: string;
+    subject: string | null;
+    status: Generated<'open' | 'closed'>;
+    assignee_id: string | null;
+    version: Generated<number>;
+    created_at: Generated<Date>;
+    updated_at: Timestamp;
+    last_message_at: Date | null;
+  };
+  messages: {
+    tenant_id: TenantId;
+    id: Generated<string>;
+    conversation_id: string;
+    direction: 'inbound' | 'outbound';
+    body: string;
+    sender_id: string | null;
+    provider_message_id: string | null;
+    status: Generated<'received' | 'queued' | 'sent' | 'delivered' | 'read' | 'failed'>;
+    created_at: Timestamp;
+  };
+  message_templates: {
+    tenant_id: TenantId;
+    id: Generated<string>;
+    name: string;
+    language: Generated<string>;
+    category: Generated<'marketing' | 'utility' | 'authentication'>;
+    body: string;
+    version: Generated<number>;
+    created_at: Generated<Date>;
+    updated_at: Timestamp;
+  };
+  memberships: {
+    tenant_id: TenantId;
+    user_id: string;
+    role: 'owner' | 'admin' | 'member';
+    created_at: Generated<Date>;
+  };
+  invitations: {
+    tenant_id: TenantId;
+    id: Generated<string>;
+    email: string;
+    role: 'admin' | 'member';
+    token_hash: Buffer;
+    invited_by: string;
+    expires_at: Date;
+    accepted_at: Date | null;
+    created_at: Generated<Date>;
+  };
+  workspace_settings: {
+    tenant_id: TenantId;
+    inbound_webhook_secret: string;
+    updated_at: Timestamp;
+  };
+  idempotency_keys: {
+    tenant_id: TenantId;
+    key: string;
+    request_hash: Buffer;
+    status_code: number | null;
+    response: ColumnType<unknown, string | null, string | null>;
+    created_at: Generated<Date>;
+  };
+  'auth.users': {
+    id: Generated<string>;
+    email: string;
+    name: string;
+    password_hash: string;
+    created_at: Generated<Date>;
+  };
+  'auth.refresh_tokens': {
+    id: Generated<string>;
+    token_hash: Buffer;
+    family_id: string;
+    user_id: string;
+    workspace_id: string;
+    expires_at: Date;
+    used_at: Date | null;
+    revoked_at: Date | null;
+    created_at: Generated<Date>;
+  };
+}
