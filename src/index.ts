@@ -47,6 +47,7 @@ export { createTenantGuardPlugin, type TenantGuardOptions } from './tenant-guard
 export { isUuid, parseTenantId, parseUserId, type TenantId, type UserId } from './tenant-id.ts';
 export {
   createTenantry,
+  type OpenUnitOfWork,
   type TenantContext,
   type Tenantry,
   type TenantryOptions,

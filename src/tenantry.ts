@@ -79,6 +79,41 @@ export interface UnitOfWorkOptions {
   readonly accessMode?: 'read write' | 'read only';
 }
 
+/**
+ * A unit of work opened with {@link Tenantry.beginUnit}: its own guarded database handle,
+ * bound to it without AsyncLocalStorage, and the calls that end it.
+ *
+ * @example
+ * ```ts
+ * const unit = tenantry.beginUnit({ tenantId, userId });
+ * try {
+ *   await unit.db.insertInto('tags').values({ name: 'vip' }).execute();
+ *   await unit.commit();
+ * } catch (error) {
+ *   await unit.rollback();
+ *   throw error;
+ * }
+ * ```
+ */
+export interface OpenUnitOfWork<DB> {
+  readonly context: TenantContext;
+  /** A guarded database that always runs on this unit (savepoints for `transaction()`). */
+  readonly db: Kysely<DB>;
+  /** Whether a query ran, so the unit holds a connection and an open transaction. */
+  readonly isActive: boolean;
+  /** Whether `commit()` or `rollback()` was called. */
+  readonly isClosed: boolean;
+  /**
+   * Runs `fn` with this unit as the current one, so `tenantry.db`, `withTenant` and
+   * `currentContext()` inside it join the unit.
+   */
+  run<T>(fn: () => T): T;
+  /** Commits (a unit that never queried just closes); a failed commit rolls back and throws. */
+  commit(): Promise<void>;
+  /** Rolls back and releases the connection; calling it after `commit()` does nothing. */
+  rollback(): Promise<void>;
+}
+
 /** A Tenantry instance: a guarded Kysely database on the app role's pool and the tenant context. */
 export interface Tenantry<DB> {
   /**
@@ -103,6 +138,12 @@ export interface Tenantry<DB> {
    * COMMIT in one round trip.
    */
   oneShot<T>(tenant: TenantSelector, fn: (db: Kysely<DB>) => Promise<T>): Promise<T>;
+  /**
+   * Opens a unit of work by hand, for frameworks whose request spans several callbacks (the
+   * Fastify plugin uses it). Like `withTenant` it takes no connection until its first query;
+   * unlike it, the caller must end it with `commit()` or `rollback()`, and nothing is retried.
+   */
+  beginUnit(tenant: TenantSelector, options?: UnitOfWorkOptions): OpenUnitOfWork<DB>;
   /** The context of the unit of work the caller runs in, if any. */
   currentContext(): TenantContext | undefined;
   /** Closes the pool. */
@@ -499,18 +540,24 @@ function rolledBack(cause: unknown): TenantryError {
 
 class TenantryDriver implements Driver {
   readonly #pool: pg.Pool;
-  readonly #storage: AsyncLocalStorage<UnitOfWork>;
+  readonly #unit: () => UnitOfWork | undefined;
+  readonly #ownsPool: boolean;
 
-  constructor(pool: pg.Pool, storage: AsyncLocalStorage<UnitOfWork>) {
+  /**
+   * `unit` names the unit of work queries run on (the AsyncLocalStorage one, or a bound one);
+   * without one they run on a pooled connection, where the guard refuses tenant tables.
+   */
+  constructor(pool: pg.Pool, unit: () => UnitOfWork | undefined, ownsPool: boolean) {
     this.#pool = pool;
-    this.#storage = storage;
+    this.#unit = unit;
+    this.#ownsPool = ownsPool;
   }
 
   async init(): Promise<void> {}
 
   async acquireConnection(): Promise<DatabaseConnection> {
-    const unit = this.#storage.getStore();
-    if (unit?.isOpen) return unit;
+    const unit = this.#unit();
+    if (unit !== undefined) return unit;
     return new PooledConnection(await connectClient(this.#pool));
   }
 
@@ -544,7 +591,7 @@ class TenantryDriver implements Driver {
   }
 
   async destroy(): Promise<void> {
-    if (!this.#pool.ended) await this.#pool.end();
+    if (this.#ownsPool && !this.#pool.ended) await this.#pool.end();
   }
 }
 
@@ -639,24 +686,24 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
     const unit = storage.getStore();
     return unit?.isOpen ? unit : undefined;
   };
-  const driver = new TenantryDriver(pool, storage);
-  const dialect: Dialect = {
-    createAdapter: () => new PostgresAdapter(),
-    createDriver: () => driver,
-    createIntrospector: (db) => new PostgresIntrospector(db),
-    createQueryCompiler: () => new PostgresQueryCompiler(),
-  };
-  const plugins: KyselyPlugin[] = [];
-  if ((options.guard ?? 'enforce') === 'enforce') {
-    plugins.push(
-      createTenantGuardPlugin({
-        tenantTables,
-        currentTenantId: () => currentUnit()?.context.tenantId,
-      }),
-    );
-  }
-  plugins.push(...(options.plugins ?? []));
-  const db = new Kysely<DB>({ dialect, plugins });
+  const guarded = (options.guard ?? 'enforce') === 'enforce';
+  const createDatabase = (driver: Driver, currentTenantId: () => string | undefined) =>
+    new Kysely<DB>({
+      dialect: {
+        createAdapter: () => new PostgresAdapter(),
+        createDriver: () => driver,
+        createIntrospector: (db) => new PostgresIntrospector(db),
+        createQueryCompiler: () => new PostgresQueryCompiler(),
+      } satisfies Dialect,
+      plugins: [
+        ...(guarded ? [createTenantGuardPlugin({ tenantTables, currentTenantId })] : []),
+        ...(options.plugins ?? []),
+      ],
+    });
+  const db = createDatabase(
+    new TenantryDriver(pool, currentUnit, true),
+    () => currentUnit()?.context.tenantId,
+  );
 
   const joinOrFail = (context: TenantContext, unit: UnitOfWork) => {
     if (unit.context.tenantId !== context.tenantId || unit.context.userId !== context.userId) {
@@ -727,6 +774,33 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
     },
     oneShot<T>(tenant: TenantSelector, fn: (db: Kysely<DB>) => Promise<T>) {
       return runWithRetries(tenant, fn, undefined, true);
+    },
+    beginUnit(tenant: TenantSelector, unitOptions?: UnitOfWorkOptions): OpenUnitOfWork<DB> {
+      const context = parseSelector(tenant);
+      const unit = new UnitOfWork(
+        () => connectClient(pool),
+        context,
+        contextStatements(context, unitOptions),
+        false,
+        statements,
+      );
+      const unitDb = createDatabase(
+        new TenantryDriver(pool, () => unit, false),
+        () => context.tenantId,
+      );
+      return Object.freeze({
+        context,
+        db: unitDb,
+        get isActive() {
+          return unit.isActive;
+        },
+        get isClosed() {
+          return !unit.isOpen;
+        },
+        run: <T>(fn: () => T): T => storage.run(unit, fn),
+        commit: () => unit.end(true),
+        rollback: () => unit.end(false),
+      });
     },
     currentContext() {
       return currentUnit()?.context;

@@ -705,3 +705,137 @@ describe('streaming', () => {
     );
   });
 });
+
+describe('beginUnit', () => {
+  test('takes no connection until the first query, then commits', async () => {
+    const unreachable = await createTenantry<ReferenceDatabase>({
+      connectionString: 'postgres://tenantry_app:x@127.0.0.1:1/none',
+      tenantTables: ['tags'],
+    });
+    try {
+      const idle = unreachable.beginUnit(a.tenantId);
+      assert.equal(idle.isActive, false);
+      await idle.commit();
+      assert.equal(idle.isClosed, true);
+      const touched = unreachable.beginUnit(a.tenantId);
+      await assert.rejects(
+        touched.db.selectFrom('tags').selectAll().execute(),
+        hasCode('TENANTRY_ERR_DB_UNAVAILABLE'),
+      );
+      await touched.rollback();
+    } finally {
+      await unreachable.close();
+    }
+
+    const unit = tenantry.beginUnit(a.tenantId);
+    await unit.db.insertInto('tags').values({ name: 'begun-commit' }).execute();
+    assert.equal(unit.isActive, true);
+    await unit.commit();
+    const rows = await tenantry.withTenant(a.tenantId, (db) =>
+      db.selectFrom('tags').select('name').where('name', '=', 'begun-commit').execute(),
+    );
+    assert.equal(rows.length, 1);
+  });
+
+  test('rollback discards, and the handle refuses queries once ended', async () => {
+    const unit = tenantry.beginUnit(a.tenantId);
+    await unit.db.insertInto('tags').values({ name: 'begun-rollback' }).execute();
+    await unit.rollback();
+    await unit.commit();
+    await assert.rejects(
+      unit.db.selectFrom('tags').selectAll().execute(),
+      hasCode('TENANTRY_ERR_UNIT_OF_WORK_CLOSED'),
+    );
+    assert.equal(
+      await withClient(database.adminUrl, async (client) => {
+        const result = await client.query(
+          "select count(*)::int as n from tags where name = 'begun-rollback'",
+        );
+        return result.rows[0].n as number;
+      }),
+      0,
+    );
+  });
+
+  test("the bound handle is scoped to its tenant and cannot reach another's rows", async () => {
+    const unit = tenantry.beginUnit(a.tenantId);
+    try {
+      const tenants = await unit.db.selectFrom('contacts').select('tenant_id').execute();
+      assert.ok(tenants.length > 0);
+      assert.ok(tenants.every((row) => row.tenant_id === a.tenantId));
+      const filtered = await unit.db
+        .selectFrom('contacts')
+        .selectAll()
+        .where('tenant_id', '=', b.tenantId)
+        .execute();
+      assert.deepEqual(filtered, []);
+      await assert.rejects(
+        unit.db.insertInto('tags').values({ name: 'smuggled', tenant_id: b.tenantId }).execute(),
+        hasCode('TENANTRY_ERR_GUARD_TENANT_MISMATCH'),
+      );
+    } finally {
+      await unit.rollback();
+    }
+  });
+
+  test('run() makes tenantry.db and withTenant join the unit; another tenant is refused', async () => {
+    const unit = tenantry.beginUnit({ tenantId: a.tenantId, userId: a.userId });
+    await unit.run(async () => {
+      await tenantry.db.insertInto('tags').values({ name: 'joined-through-run' }).execute();
+      const context = await tenantry.withTenant({ tenantId: a.tenantId, userId: a.userId }, () =>
+        Promise.resolve(tenantry.currentContext()),
+      );
+      assert.deepEqual(context, { tenantId: a.tenantId, userId: a.userId });
+      await assert.rejects(
+        tenantry.withTenant(b.tenantId, async () => 'never'),
+        hasCode('TENANTRY_ERR_CONTEXT_MISMATCH'),
+      );
+    });
+    await unit.rollback();
+    assert.equal(
+      await withClient(database.adminUrl, async (client) => {
+        const result = await client.query(
+          "select count(*)::int as n from tags where name = 'joined-through-run'",
+        );
+        return result.rows[0].n as number;
+      }),
+      0,
+    );
+  });
+
+  test('a failed statement makes commit roll back and throw', async () => {
+    const unit = tenantry.beginUnit(a.tenantId);
+    await unit.db.insertInto('tags').values({ name: 'before-failure' }).execute();
+    await assert.rejects(
+      unit.db.insertInto('tags').values({ name: 'before-failure' }).execute(),
+      hasCode('TENANTRY_ERR_DB_CONFLICT'),
+    );
+    await assert.rejects(unit.commit(), hasCode('TENANTRY_ERR_DB_CONFLICT'));
+    assert.equal(
+      await withClient(database.adminUrl, async (client) => {
+        const result = await client.query(
+          "select count(*)::int as n from tags where name = 'before-failure'",
+        );
+        return result.rows[0].n as number;
+      }),
+      0,
+    );
+  });
+
+  test('every ended unit gives its connection back (pool of one, fifty units)', async () => {
+    const small = await createTenantry<ReferenceDatabase>({
+      connectionString: database.appUrl,
+      maxConnections: 1,
+    });
+    try {
+      for (let index = 0; index < 50; index++) {
+        const unit = small.beginUnit(index % 2 === 0 ? a.tenantId : b.tenantId);
+        await unit.db.selectFrom('tags').select('id').execute();
+        if (index % 3 === 0) await unit.rollback();
+        else await unit.commit();
+      }
+    } finally {
+      await small.close();
+    }
+  });
+});
