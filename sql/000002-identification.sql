@@ -3,6 +3,9 @@
 -- by public prefix goes through one narrow SECURITY DEFINER function; self-service sign-up
 -- creates tenants through another.
 
+-- Readiness probes compare the applied migrations with the files they were deployed with.
+grant select on :"tenantry_schema".migrations to :"app_role";
+
 -- Every change to the catalog is announced on channel `tenantry_tenants` with the tenant id
 -- and its old and new slugs, after commit (NOTIFY is transactional).
 create function :"tenantry_schema".notify_tenant_change() returns trigger

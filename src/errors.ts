@@ -234,10 +234,6 @@ export const errorCodes = Object.freeze({
     status: 422,
     title: 'Idempotency key reused with a different request',
   },
-  TENANTRY_ERR_HTTP_IDEMPOTENCY_IN_PROGRESS: {
-    status: 409,
-    title: 'A request with this idempotency key is still running',
-  },
   TENANTRY_ERR_HTTP_INTERNAL: {
     status: 500,
     title: 'Internal server error',

@@ -45,7 +45,10 @@ describe('tenantry CLI against an external DATABASE_URL', () => {
       ...(await readdir(new URL('../sql/', import.meta.url))),
       ...(await readdir(new URL('../app/migrations/', import.meta.url))),
     ].filter((name) => name.endsWith('.sql'));
-    assert.match(result.stdout, new RegExp(`migrations: 0 applied, ${files.length} already up to date`));
+    assert.match(
+      result.stdout,
+      new RegExp(`migrations: 0 applied, ${files.length} already up to date`),
+    );
   });
 
   test('doctor --json reports nothing and exits 0 on the reference schema', async () => {

@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
-import type { AppDatabase } from '../app/database.ts';
 import type { Tenantry } from 'tenantry';
+import type { AppDatabase } from '../app/database.ts';
 import { withClient } from '../src/database/client.ts';
 
 /** The reference schema's tables, as the tests use them. */
@@ -100,7 +100,12 @@ export async function seedTenant(
       .execute();
     await db
       .insertInto('idempotency_keys')
-      .values({ key: `${slug}-key`, request_hash: randomBytes(32), status_code: 201, response: '{}' })
+      .values({
+        key: `${slug}-key`,
+        request_hash: randomBytes(32),
+        status_code: 201,
+        response: '{}',
+      })
       .execute();
     return {
       tenantId,

@@ -5,6 +5,8 @@ let stop: (() => Promise<void>) | undefined;
 export async function globalSetup(): Promise<void> {
   ({ stop } = await startTestCluster({
     databaseUrl: process.env.TENANTRY_TEST_DATABASE_URL,
+    // A separate folder lets two test runs share a machine (each starts its own cluster).
+    directory: process.env.TENANTRY_TEST_DIRECTORY ?? '.tenantry/test-postgres',
     sources: [{ name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname }],
   }));
 }

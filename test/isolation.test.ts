@@ -6,8 +6,8 @@ import { createTenantry } from 'tenantry';
 import { createTestDatabase, type TestDatabase } from 'tenantry/testing';
 import {
   listTenantTables,
-  referenceTenantTables,
   type ReferenceDatabase,
+  referenceTenantTables,
   type SeededTenant,
   seedTenant,
   sqlState,

@@ -20,8 +20,16 @@ export interface CliConfig {
 
 /**
  * Reads the configuration from environment variables (`DATABASE_URL`,
- * `TENANTRY_APP_DATABASE_URL`, `TENANTRY_ANALYTICS_DATABASE_URL`, `TENANTRY_DATA_DIR`,
- * `TENANTRY_MIGRATIONS_DIR`, `LOG_LEVEL`).
+ * `TENANTRY_APP_DATABASE_URL`, `TENANTRY_ANALYTICS_DATABASE_URL`, `TENANTRY_DATABASE_NAME`,
+ * `TENANTRY_DATA_DIR`, `TENANTRY_MIGRATIONS_DIR`, `LOG_LEVEL`). Call it from your composition
+ * root; nothing else in Tenantry reads the environment.
+ *
+ * @example
+ * ```ts
+ * import { loadCliConfig } from 'tenantry';
+ * const config = loadCliConfig(process.env);
+ * console.log(config.databaseUrl ?? 'embedded PostgreSQL');
+ * ```
  */
 export function loadCliConfig(
   env: NodeJS.ProcessEnv = process.env,

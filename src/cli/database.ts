@@ -6,7 +6,7 @@ import {
   startEmbeddedPostgres,
 } from '../database/embedded-postgres.ts';
 import { TenantryError } from '../errors.ts';
-import type { Logger } from '../logger.ts';
+import { type Logger, silentLogger } from '../logger.ts';
 import type { CliConfig } from './config.ts';
 
 /** Connection strings for the three roles on a prepared database. */
@@ -22,13 +22,29 @@ export interface PreparedDatabase {
   stop(): Promise<void>;
 }
 
+/** Where {@link prepareDatabase} finds or starts the server (see `loadCliConfig`). */
+export type PrepareDatabaseOptions = Pick<
+  CliConfig,
+  'databaseUrl' | 'appDatabaseUrl' | 'analyticsDatabaseUrl' | 'databaseName' | 'embeddedDirectory'
+>;
+
 /**
  * Starts the embedded server (no `DATABASE_URL`) or checks the external one, then makes sure
- * the roles and database exist.
+ * the roles and database exist. Migrations are left to the caller.
+ *
+ * @example
+ * ```ts
+ * import { loadCliConfig, migrate, prepareDatabase, requireAppUrl } from 'tenantry';
+ * const database = await prepareDatabase(loadCliConfig(process.env));
+ * await migrate({ connectionString: database.adminUrl, sources: [{ name: 'app', directory: 'migrations' }] });
+ * const appUrl = requireAppUrl(database);
+ * // ... on shutdown:
+ * await database.stop();
+ * ```
  */
 export async function prepareDatabase(
-  config: CliConfig,
-  logger: Logger,
+  config: PrepareDatabaseOptions,
+  logger: Logger = silentLogger,
 ): Promise<PreparedDatabase> {
   if (config.databaseUrl === undefined) {
     const server = await startEmbeddedPostgres({ directory: config.embeddedDirectory, logger });
@@ -86,7 +102,14 @@ export async function prepareDatabase(
   });
 }
 
-/** Returns the app role's connection, or explains which variable to set. */
+/**
+ * Returns the app role's connection, or explains which variable to set.
+ *
+ * @example
+ * ```ts
+ * const tenantry = await createTenantry({ connectionString: requireAppUrl(database) });
+ * ```
+ */
 export function requireAppUrl(database: PreparedDatabase): string {
   if (database.appUrl === undefined) {
     throw new TenantryError(

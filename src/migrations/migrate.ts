@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { type Kysely, sql } from 'kysely';
 import pg from 'pg';
 import {
   defaultTenantrySchema,
@@ -310,4 +311,61 @@ export function substituteVariables(
     if (value === undefined) return whole;
     return quote === '"' ? quoteIdentifier(value) : quoteLiteral(value);
   });
+}
+
+/** A migration file not yet applied (or changed since), from {@link createMigrationCheck}. */
+export interface PendingMigration {
+  readonly source: string;
+  readonly version: number;
+  readonly name: string;
+  /** `pending`: never applied; `changed`: applied with another checksum. */
+  readonly state: 'pending' | 'changed';
+}
+
+/**
+ * Reads the migration files once and returns a check that lists what the database has not
+ * applied: a readiness probe's "migrations current". The check runs one query on `db` (the app
+ * role may read `<schema>.migrations`).
+ *
+ * @example
+ * ```ts
+ * import { createMigrationCheck } from 'tenantry';
+ * const pendingMigrations = await createMigrationCheck({ sources: [{ name: 'app', directory: 'migrations' }] });
+ * const pending = await pendingMigrations(tenantry.db); // [] when current
+ * ```
+ */
+export async function createMigrationCheck(
+  options: { readonly schema?: string; readonly sources?: readonly MigrationSource[] } = {},
+): Promise<(db: Kysely<any>) => Promise<PendingMigration[]>> {
+  const schema = parseIdentifier(options.schema ?? defaultTenantrySchema, 'schema');
+  const sources = [
+    { name: 'tenantry', directory: coreMigrationsDirectory },
+    ...(options.sources ?? []),
+  ];
+  const expected = (
+    await Promise.all(
+      sources.map(async (source) =>
+        (await readMigrationFiles(source)).map((file) => ({ source: source.name, file })),
+      ),
+    )
+  ).flat();
+  return async (db) => {
+    const result = await sql<{ source: string; version: number; checksum: string }>`
+      select source, version, checksum from ${sql.id(schema, 'migrations')}`.execute(db);
+    const applied = new Map(
+      result.rows.map((row) => [`${row.source}/${row.version}`, row.checksum]),
+    );
+    return expected.flatMap(({ source, file }) => {
+      const checksum = applied.get(`${source}/${file.version}`);
+      if (checksum === file.checksum) return [];
+      return [
+        Object.freeze({
+          source,
+          version: file.version,
+          name: file.name,
+          state: checksum === undefined ? ('pending' as const) : ('changed' as const),
+        }),
+      ];
+    });
+  };
 }

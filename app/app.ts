@@ -1,0 +1,156 @@
+import { randomUUID } from 'node:crypto';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, { type FastifyServerOptions } from 'fastify';
+import type { PendingMigration, TenantDirectory, Tenantry } from 'tenantry';
+import {
+  createApiKeyStrategy,
+  createJwtStrategy,
+  createPathStrategy,
+  createSubdomainStrategy,
+  createTrustedHeaderStrategy,
+  type IdentificationStrategy,
+  tenantryFastify,
+} from 'tenantry/fastify';
+import { authRoutes } from './auth/auth.routes.ts';
+import type { AuthConfig } from './config.ts';
+import { contactsRoutes } from './contacts/contacts.routes.ts';
+import { conversationsRoutes } from './conversations/conversations.routes.ts';
+import type { AppDatabase } from './database.ts';
+import { healthRoutes } from './health/health.routes.ts';
+import type { AppInstance, AppServices } from './http/types.ts';
+import { tagsRoutes } from './tags/tags.routes.ts';
+import { templatesRoutes } from './templates/templates.routes.ts';
+import { webhooksRoutes } from './webhooks/webhooks.routes.ts';
+import { workspacesRoutes } from './workspaces/workspaces.routes.ts';
+
+declare module 'tenantry/fastify' {
+  interface TenantryFastifyRegister {
+    database: AppDatabase;
+  }
+}
+
+/** Options for {@link buildApp}. */
+export interface BuildAppOptions {
+  readonly tenantry: Tenantry<AppDatabase>;
+  readonly directory: TenantDirectory;
+  readonly auth: AuthConfig;
+  /** Lists migrations the database lacks (for `/readyz`). */
+  readonly pendingMigrations: (db: Tenantry<AppDatabase>['db']) => Promise<PendingMigration[]>;
+  /** Enables `<workspace>.<baseDomain>` addresses. */
+  readonly baseDomain?: string | undefined;
+  /** Enables the trusted-header strategy for internal callers. */
+  readonly internalSecret?: string | undefined;
+  /** @defaultValue 300 */
+  readonly webhookToleranceSec?: number;
+  /** Fastify's logger option (pino options, or false). @defaultValue false */
+  readonly logger?: FastifyServerOptions['logger'];
+}
+
+/** Routes that need a workspace are served at `/v1/...` and at `/t/<workspace>/v1/...`. */
+const tenantPrefixes = ['/v1', '/t/:workspace/v1'] as const;
+
+/**
+ * Builds the reference backend: the Tenantry plugin, OpenAPI document and UI, health probes,
+ * auth and workspaces, and the CRM and messaging API. Closing the app closes the pools.
+ *
+ * @example
+ * ```ts
+ * const app = await buildApp({ tenantry, directory, auth, pendingMigrations });
+ * const response = await app.inject({ method: 'GET', url: '/healthz' });
+ * ```
+ */
+export async function buildApp(options: BuildAppOptions): Promise<AppInstance> {
+  const app = Fastify({
+    logger: options.logger ?? false,
+    genReqId: (request) => {
+      const incoming = request.headers['x-request-id'];
+      return typeof incoming === 'string' && /^[\w.-]{1,64}$/.test(incoming)
+        ? incoming
+        : randomUUID();
+    },
+    return503OnClosing: true,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  app.addHook('onSend', async (request, reply, payload) => {
+    reply.header('x-request-id', request.id);
+    return payload;
+  });
+
+  // The documentation routes need no workspace.
+  app.addHook('onRoute', (route) => {
+    if (route.url.startsWith('/docs')) route.config = { ...route.config, tenant: 'none' };
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Tenantry reference API',
+        version: '0.1.0',
+        description:
+          'A multi-tenant messaging and CRM backend built on Tenantry. Every workspace route runs under PostgreSQL Row Level Security.',
+      },
+      components: {
+        securitySchemes: {
+          bearerAuth: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' },
+          apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key' },
+        },
+      },
+      security: [{ bearerAuth: [] }, { apiKey: [] }],
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+
+  const auth = options.auth;
+  const strategies: IdentificationStrategy[] = [
+    auth.mode === 'local'
+      ? createJwtStrategy({ secret: auth.jwtSecret, issuer: auth.issuer, audience: auth.audience })
+      : createJwtStrategy({
+          jwksUrl: auth.jwksUrl,
+          algorithms: [...auth.algorithms],
+          ...(auth.issuer === undefined ? {} : { issuer: auth.issuer }),
+          ...(auth.audience === undefined ? {} : { audience: auth.audience }),
+          tenantClaim: auth.tenantClaim,
+          userClaim: auth.userClaim,
+          roleClaim: auth.roleClaim,
+        }),
+    createApiKeyStrategy({ db: options.tenantry.db }),
+    createPathStrategy({ prefix: '/t' }),
+  ];
+  if (options.baseDomain !== undefined) {
+    strategies.push(createSubdomainStrategy({ baseDomain: options.baseDomain }));
+  }
+  if (options.internalSecret !== undefined) {
+    strategies.push(createTrustedHeaderStrategy({ enabled: true, secret: options.internalSecret }));
+  }
+  await app.register(tenantryFastify, {
+    tenantry: options.tenantry,
+    directory: options.directory,
+    strategies,
+  });
+
+  const services: AppServices = Object.freeze({
+    tenantry: options.tenantry,
+    directory: options.directory,
+    auth,
+    webhookToleranceSec: options.webhookToleranceSec ?? 300,
+  });
+
+  app.get('/openapi.json', { config: { tenant: 'none' }, schema: { hide: true } }, async () =>
+    app.swagger(),
+  );
+  await app.register(healthRoutes(options.pendingMigrations), services);
+  await app.register(authRoutes, services);
+  await app.register(webhooksRoutes, services);
+  for (const prefix of tenantPrefixes) {
+    await app.register(workspacesRoutes, { ...services, prefix });
+    await app.register(contactsRoutes, { ...services, prefix });
+    await app.register(tagsRoutes, { ...services, prefix });
+    await app.register(conversationsRoutes, { ...services, prefix });
+    await app.register(templatesRoutes, { ...services, prefix });
+  }
+  return app;
+}

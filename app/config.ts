@@ -1,0 +1,141 @@
+import { type CliConfig, loadCliConfig, TenantryError } from 'tenantry';
+
+/** How access tokens are issued and checked. */
+export type AuthConfig =
+  | {
+      /** The app signs its own HS256 access tokens (sign-up, login, refresh). */
+      readonly mode: 'local';
+      /** HS256 secret, at least 32 bytes. */
+      readonly jwtSecret: string;
+      readonly issuer: string;
+      readonly audience: string;
+      /** Access-token lifetime; a removed member keeps access at most this long. */
+      readonly accessTokenTtlSec: number;
+      readonly refreshTokenTtlSec: number;
+    }
+  | {
+      /** An external identity provider issues tokens; the app only verifies them. */
+      readonly mode: 'external';
+      readonly jwksUrl: string;
+      readonly issuer: string | undefined;
+      readonly audience: string | undefined;
+      readonly tenantClaim: string;
+      readonly userClaim: string;
+      readonly roleClaim: string;
+      readonly algorithms: readonly string[];
+    };
+
+/** Settings of the reference app, read from the environment in this one place. */
+export interface AppConfig {
+  readonly database: CliConfig;
+  /** @defaultValue 3000 (`PORT`) */
+  readonly port: number;
+  /** @defaultValue '127.0.0.1' (`HOST`; use 0.0.0.0 in a container) */
+  readonly host: string;
+  /** Public URL printed in the sign-in hint. @defaultValue http://localhost:<port> */
+  readonly publicUrl: string;
+  /** Base domain for `<workspace>.<baseDomain>` addresses (`TENANTRY_BASE_DOMAIN`); off when unset. */
+  readonly baseDomain: string | undefined;
+  readonly auth: AuthConfig;
+  /** Seed a demo workspace on first start (`SEED_DEMO`, default true). */
+  readonly seedDemo: boolean;
+  /** Allowed age of an inbound webhook's timestamp. @defaultValue 300 */
+  readonly webhookToleranceSec: number;
+  /** `TENANTRY_INTERNAL_SECRET`: enables the trusted-header strategy for internal callers. */
+  readonly internalSecret: string | undefined;
+  readonly logLevel: string;
+  /** Largest pool of the app role. @defaultValue 10 (`DB_POOL_MAX`) */
+  readonly maxConnections: number;
+}
+
+function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number) {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      `${name} must be an integer between ${min} and ${max}, got "${raw}".`,
+    );
+  }
+  return value;
+}
+
+function text(env: NodeJS.ProcessEnv, name: string): string | undefined {
+  const value = env[name];
+  return value === undefined || value === '' ? undefined : value;
+}
+
+/**
+ * Reads the app's configuration. `generatedSecret` supplies the JWT secret in local mode when
+ * `TENANTRY_JWT_SECRET` is unset (main.ts keeps one per data directory).
+ *
+ * @example
+ * ```ts
+ * const config = loadAppConfig(process.env, () => 'a development secret of 32+ bytes....');
+ * ```
+ */
+export function loadAppConfig(
+  env: NodeJS.ProcessEnv,
+  generatedSecret: () => string,
+  cwd: string = process.cwd(),
+): AppConfig {
+  const port = integer(env, 'PORT', 3000, 0, 65535);
+  const mode = text(env, 'AUTH_MODE') ?? 'local';
+  let auth: AuthConfig;
+  if (mode === 'local') {
+    const jwtSecret = text(env, 'TENANTRY_JWT_SECRET') ?? generatedSecret();
+    if (Buffer.byteLength(jwtSecret) < 32) {
+      throw new TenantryError(
+        'TENANTRY_ERR_CONFIG_INVALID',
+        'TENANTRY_JWT_SECRET must be at least 32 bytes (openssl rand -base64 48).',
+      );
+    }
+    auth = {
+      mode,
+      jwtSecret,
+      issuer: text(env, 'AUTH_ISSUER') ?? 'tenantry-reference',
+      audience: text(env, 'AUTH_AUDIENCE') ?? 'tenantry-reference-api',
+      accessTokenTtlSec: integer(env, 'ACCESS_TOKEN_TTL_SEC', 900, 30, 86_400),
+      refreshTokenTtlSec: integer(env, 'REFRESH_TOKEN_TTL_SEC', 2_592_000, 60, 31_536_000),
+    };
+  } else if (mode === 'external') {
+    const jwksUrl = text(env, 'AUTH_JWKS_URL');
+    if (jwksUrl === undefined) {
+      throw new TenantryError(
+        'TENANTRY_ERR_CONFIG_INVALID',
+        'AUTH_MODE=external needs AUTH_JWKS_URL (the identity provider key set).',
+      );
+    }
+    auth = {
+      mode,
+      jwksUrl,
+      issuer: text(env, 'AUTH_ISSUER'),
+      audience: text(env, 'AUTH_AUDIENCE'),
+      tenantClaim: text(env, 'AUTH_TENANT_CLAIM') ?? 'tenant_id',
+      userClaim: text(env, 'AUTH_USER_CLAIM') ?? 'sub',
+      roleClaim: text(env, 'AUTH_ROLE_CLAIM') ?? 'role',
+      algorithms: (text(env, 'AUTH_ALGORITHMS') ?? 'RS256,ES256,EdDSA')
+        .split(',')
+        .map((a) => a.trim()),
+    };
+  } else {
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      `AUTH_MODE must be "local" or "external", got "${mode}".`,
+    );
+  }
+  return Object.freeze({
+    database: loadCliConfig(env, cwd),
+    port,
+    host: text(env, 'HOST') ?? '127.0.0.1',
+    publicUrl: text(env, 'PUBLIC_URL') ?? `http://localhost:${port}`,
+    baseDomain: text(env, 'TENANTRY_BASE_DOMAIN'),
+    auth: Object.freeze(auth),
+    seedDemo: (text(env, 'SEED_DEMO') ?? 'true') !== 'false',
+    webhookToleranceSec: integer(env, 'WEBHOOK_TOLERANCE_SEC', 300, 1, 86_400),
+    internalSecret: text(env, 'TENANTRY_INTERNAL_SECRET'),
+    logLevel: text(env, 'LOG_LEVEL') ?? 'info',
+    maxConnections: integer(env, 'DB_POOL_MAX', 10, 1, 1000),
+  });
+}

@@ -1,0 +1,129 @@
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import pino from 'pino';
+import {
+  createMigrationCheck,
+  createTenantDirectory,
+  createTenantry,
+  isTenantryError,
+  migrate,
+  prepareDatabase,
+  requireAppUrl,
+} from 'tenantry';
+import { buildApp } from './app.ts';
+import { loadAppConfig } from './config.ts';
+import type { AppDatabase } from './database.ts';
+import { seedDemo } from './seed.ts';
+
+const migrationsDirectory = new URL('./migrations/', import.meta.url).pathname;
+
+/**
+ * The development JWT secret, generated once per data folder (mode 0600) so tokens survive a
+ * restart. Production sets TENANTRY_JWT_SECRET.
+ */
+function developmentSecret(directory: string): () => string {
+  return () => {
+    const path = join(directory, 'app-jwt-secret');
+    try {
+      return readFileSync(path, 'utf8').trim();
+    } catch {
+      const secret = randomBytes(48).toString('base64url');
+      mkdirSync(directory, { recursive: true, mode: 0o700 });
+      writeFileSync(path, `${secret}\n`, { mode: 0o600 });
+      return secret;
+    }
+  };
+}
+
+async function main(): Promise<void> {
+  const bootstrapConfig = loadAppConfig(process.env, () => 'x'.repeat(32));
+  const config = loadAppConfig(
+    process.env,
+    developmentSecret(dirname(bootstrapConfig.database.embeddedDirectory)),
+  );
+  const logger = pino({ level: config.logLevel });
+  const database = await prepareDatabase(config.database, logger);
+  let stopping = false;
+  try {
+    const sources = [{ name: 'app', directory: migrationsDirectory }];
+    const summary = await migrate({ connectionString: database.adminUrl, sources, logger });
+    logger.info(
+      { applied: summary.applied.length, upToDate: summary.upToDate },
+      'database migrated',
+    );
+    const appUrl = requireAppUrl(database);
+    const tenantry = await createTenantry<AppDatabase>({
+      connectionString: appUrl,
+      maxConnections: config.maxConnections,
+      logger,
+    });
+    const directory = await createTenantDirectory({ connectionString: appUrl, logger });
+    const app = await buildApp({
+      tenantry,
+      directory,
+      auth: config.auth,
+      pendingMigrations: await createMigrationCheck({ sources }),
+      baseDomain: config.baseDomain,
+      internalSecret: config.internalSecret,
+      webhookToleranceSec: config.webhookToleranceSec,
+      logger: { level: config.logLevel },
+    });
+
+    const shutdown = async (signal: string) => {
+      if (stopping) {
+        process.stderr.write('forced exit\n');
+        process.exit(1);
+      }
+      stopping = true;
+      logger.info({ signal }, 'shutting down: no new requests, finishing in-flight ones');
+      try {
+        await app.close();
+      } finally {
+        await database.stop();
+      }
+      logger.info('stopped');
+    };
+    process.once('SIGINT', () => void shutdown('SIGINT'));
+    process.once('SIGTERM', () => void shutdown('SIGTERM'));
+
+    const demo =
+      config.seedDemo && config.auth.mode === 'local'
+        ? await seedDemo(tenantry, config.auth)
+        : undefined;
+    await app.listen({ port: config.port, host: config.host });
+    const url = config.publicUrl;
+    const lines = [
+      '',
+      `Tenantry reference API on ${url}  (docs: ${url}/docs, OpenAPI: ${url}/openapi.json)`,
+    ];
+    if (demo !== undefined) {
+      lines.push(
+        `Demo workspace "${demo.workspaceSlug}": sign in as ${demo.email} / ${demo.password}`,
+        '',
+        '  # sign in, then list the demo contacts:',
+        `  TOKEN=$(curl -s ${url}/auth/login -H 'content-type: application/json' \\`,
+        `    -d '{"email":"${demo.email}","password":"${demo.password}"}' | node -pe 'JSON.parse(require("fs").readFileSync(0)).accessToken')`,
+        `  curl -s ${url}/v1/contacts -H "authorization: Bearer $TOKEN"`,
+        '',
+      );
+    }
+    process.stdout.write(`${lines.join('\n')}\n`);
+  } catch (error) {
+    await database.stop();
+    throw error;
+  }
+}
+
+try {
+  await main();
+} catch (error) {
+  if (isTenantryError(error)) {
+    process.stderr.write(`tenantry: ${error.message} [${error.code}]\n`);
+  } else {
+    process.stderr.write(
+      `tenantry: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    );
+  }
+  process.exitCode = 1;
+}
