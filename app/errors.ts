@@ -18,6 +18,15 @@ export const appErrorCodes = Object.freeze({
   APP_ERR_EMAIL_TAKEN: { status: 409, title: 'A user with this email already exists' },
   APP_ERR_INVITATION_INVALID: { status: 404, title: 'Invitation unknown, used or expired' },
   APP_ERR_LAST_OWNER: { status: 409, title: 'A workspace keeps at least one owner' },
+  APP_ERR_CONTACT_HAS_CONVERSATIONS: { status: 409, title: 'Contact still has conversations' },
+  APP_ERR_ASSIGNEE_NOT_A_MEMBER: {
+    status: 422,
+    title: 'Assignee is not a member of this workspace',
+  },
+  APP_ERR_TEMPLATE_VARIABLES_INVALID: {
+    status: 422,
+    title: 'Template variables do not fit the template',
+  },
 } as const);
 
 /** A reference-app error code such as `APP_ERR_EMAIL_TAKEN`. */

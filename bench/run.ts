@@ -3,6 +3,7 @@
  */
 const benchmarks: Record<string, () => Promise<{ run: () => Promise<void> }>> = {
   context: () => import('./context.ts'),
+  http: () => import('./http.ts'),
 };
 
 const name = process.argv[2];

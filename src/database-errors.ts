@@ -34,6 +34,11 @@ const invalidReference: SqlStateRule = {
   message: 'A referenced row does not exist.',
   retryable: false,
 };
+const stillReferenced: SqlStateRule = {
+  code: 'TENANTRY_ERR_DB_STILL_REFERENCED',
+  message: 'The row is still referenced by other rows; remove those first.',
+  retryable: false,
+};
 const forbidden: SqlStateRule = {
   code: 'TENANTRY_ERR_DB_FORBIDDEN',
   message: 'The row is not accessible in this tenant.',
@@ -63,6 +68,7 @@ const sqlStateRules: ReadonlyMap<string, SqlStateRule> = new Map([
   ['0A000', { ...queryFailed, retryable: true }],
   ['23505', conflict],
   ['23503', invalidReference],
+  ['23001', stillReferenced],
   ['42501', forbidden],
   ['23502', invalidValue],
   ['23514', invalidValue],

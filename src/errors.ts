@@ -74,6 +74,10 @@ export const errorCodes = Object.freeze({
     status: 422,
     title: 'Referenced row does not exist',
   },
+  TENANTRY_ERR_DB_STILL_REFERENCED: {
+    status: 409,
+    title: 'Row still referenced by other rows',
+  },
   TENANTRY_ERR_DB_INVALID_VALUE: {
     status: 422,
     title: 'Value rejected by the database',
@@ -141,6 +145,10 @@ export const errorCodes = Object.freeze({
   TENANTRY_ERR_AUTH_CLAIM_INVALID: {
     status: 401,
     title: 'Tenant or user claim missing or malformed',
+  },
+  TENANTRY_ERR_AUTH_KEYS_UNAVAILABLE: {
+    status: 503,
+    title: "Identity provider's signing keys unavailable",
   },
   TENANTRY_ERR_AUTH_API_KEY_INVALID: {
     status: 401,

@@ -502,8 +502,10 @@ class UnitOfWork implements DatabaseConnection {
     let client: pg.PoolClient;
     try {
       client = await connecting;
-    } catch {
+    } catch (error) {
       this.#state = 'closed';
+      // The statements never ran, so the unit cannot commit even if the caller swallowed that.
+      if (commit) throw rolledBack(toTenantryError(error));
       return;
     }
     let broken = this.#broken || isTenantryError(cause, 'TENANTRY_ERR_DB_UNAVAILABLE');

@@ -665,7 +665,7 @@ describe('jwt strategy: remote JWKS from a loopback identity provider', () => {
     idp.fail(503);
     const identify = probe({ jwksUrl: idp.jwksUrl });
     const result = await identify(bearer(await signWith(key)));
-    assertRefused(result, 'TENANTRY_ERR_AUTH_TOKEN_INVALID', 'ERR_JOSE_GENERIC');
+    assertRefused(result, 'TENANTRY_ERR_AUTH_KEYS_UNAVAILABLE', 'ERR_JOSE_GENERIC');
     assert.deepEqual(result.body.details, { reason: 'jwks_unavailable' });
   });
 
@@ -675,7 +675,7 @@ describe('jwt strategy: remote JWKS from a loopback identity provider', () => {
     idp.fail('garbage');
     const identify = probe({ jwksUrl: idp.jwksUrl });
     const result = await identify(bearer(await signWith(key)));
-    assertRefused(result, 'TENANTRY_ERR_AUTH_TOKEN_INVALID');
+    assertRefused(result, 'TENANTRY_ERR_AUTH_KEYS_UNAVAILABLE');
     assert.deepEqual(result.body.details, { reason: 'jwks_unavailable' });
   });
 
@@ -687,7 +687,7 @@ describe('jwt strategy: remote JWKS from a loopback identity provider', () => {
     await new Promise<void>((resolve) => server.close(() => resolve()));
     const identify = probe({ jwksUrl: `http://127.0.0.1:${port}/.well-known/jwks.json` });
     const result = await identify(bearer(await signWith(key)));
-    assertRefused(result, 'TENANTRY_ERR_AUTH_TOKEN_INVALID');
+    assertRefused(result, 'TENANTRY_ERR_AUTH_KEYS_UNAVAILABLE');
     assert.deepEqual(result.body.details, { reason: 'jwks_unavailable' });
   });
 
@@ -699,7 +699,7 @@ describe('jwt strategy: remote JWKS from a loopback identity provider', () => {
     idp.fail('hang');
     const identify = probe({ jwksUrl: idp.jwksUrl, jwksTimeoutMs: 100 });
     const result = await identify(bearer(await signWith(key)));
-    assertRefused(result, 'TENANTRY_ERR_AUTH_TOKEN_INVALID', 'ERR_JWKS_TIMEOUT');
+    assertRefused(result, 'TENANTRY_ERR_AUTH_KEYS_UNAVAILABLE', 'ERR_JWKS_TIMEOUT');
     assert.deepEqual(result.body.details, { reason: 'jwks_unavailable' });
   });
 
@@ -709,7 +709,7 @@ describe('jwt strategy: remote JWKS from a loopback identity provider', () => {
     idp.fail(500);
     const identify = probe({ jwksUrl: idp.jwksUrl });
     const token = await signWith(key);
-    assertRefused(await identify(bearer(token)), 'TENANTRY_ERR_AUTH_TOKEN_INVALID');
+    assertRefused(await identify(bearer(token)), 'TENANTRY_ERR_AUTH_KEYS_UNAVAILABLE');
     idp.recover();
     assertAccepted(await identify(bearer(token)));
   });

@@ -839,3 +839,39 @@ describe('beginUnit', () => {
     }
   });
 });
+
+describe('a unit whose connection never came', () => {
+  test('cannot commit even when the caller swallowed the query error', async () => {
+    const unreachable = await createTenantry<ReferenceDatabase>({
+      connectionString: 'postgres://tenantry_app:x@127.0.0.1:1/none',
+      tenantTables: ['tags'],
+    });
+    try {
+      await assert.rejects(
+        unreachable.withTenant(a.tenantId, async (db) => {
+          await db.insertInto('tags').values({ name: 'never' }).execute().catch(() => undefined);
+          return 'resolved anyway';
+        }),
+        hasCode('TENANTRY_ERR_DB_UNAVAILABLE'),
+      );
+      const unit = unreachable.beginUnit(a.tenantId);
+      await unit.db.selectFrom('tags').selectAll().execute().catch(() => undefined);
+      await assert.rejects(unit.commit(), hasCode('TENANTRY_ERR_DB_UNAVAILABLE'));
+    } finally {
+      await unreachable.close();
+    }
+  });
+});
+
+describe('SQLSTATE mapping', () => {
+  test('a delete blocked by a restrict foreign key is TENANTRY_ERR_DB_STILL_REFERENCED (409)', async () => {
+    await assert.rejects(
+      tenantry.withTenant(a.tenantId, (db) =>
+        db.deleteFrom('contacts').where('id', '=', a.contactId).execute(),
+      ),
+      (error: unknown) =>
+        isTenantryError(error, 'TENANTRY_ERR_DB_STILL_REFERENCED') && error.status === 409,
+    );
+    assert.equal(await countAsSuperuser('contacts', a.tenantId) > 0, true);
+  });
+});

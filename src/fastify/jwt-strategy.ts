@@ -218,8 +218,8 @@ function createRemoteKey(options: JwtStrategyOptions): JWTVerifyGetKey {
       if (error instanceof errors.JWKSNoMatchingKey) throw error;
       if (error instanceof errors.JWKSMultipleMatchingKeys) throw error;
       throw new TenantryError(
-        'TENANTRY_ERR_AUTH_TOKEN_INVALID',
-        'The access token could not be verified: the signing keys are unavailable.',
+        'TENANTRY_ERR_AUTH_KEYS_UNAVAILABLE',
+        'The access token could not be verified: the signing keys are unavailable; retry shortly.',
         { cause: error, details: { reason: 'jwks_unavailable' } },
       );
     }
@@ -446,7 +446,8 @@ function toIdentity(payload: JWTPayload, settings: JwtSettings): Identity {
  * A request without a bearer token yields `undefined`; any bearer token that fails verification
  * is refused with `TENANTRY_ERR_AUTH_TOKEN_INVALID` or `TENANTRY_ERR_AUTH_TOKEN_EXPIRED`, and a
  * bad tenant or user claim with `TENANTRY_ERR_AUTH_CLAIM_INVALID`. An unreachable key set is
- * refused with `TENANTRY_ERR_AUTH_TOKEN_INVALID` and `details.reason` `jwks_unavailable`.
+ * `TENANTRY_ERR_AUTH_KEYS_UNAVAILABLE` (503: an outage, not a bad token; `details.reason`
+ * `jwks_unavailable`).
  * Options are validated at construction (`TENANTRY_ERR_CONFIG_INVALID`).
  *
  * @example
