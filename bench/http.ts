@@ -29,6 +29,15 @@ const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 20);
 const poolSize = 10;
 
+/** What GET /v1/contacts/:id reads (the contact and its tags), written by hand. */
+const bareSql = `
+  select c.id, c.name, c.phone, c.email, c.attributes, c.version, c.created_at, c.updated_at,
+         (select coalesce(json_agg(agg), '[]') from (
+            select t.id, t.name from contact_tags ct
+            join tags t on t.tenant_id = ct.tenant_id and t.id = ct.tag_id
+            where ct.tenant_id = $1 and ct.contact_id = c.id order by t.name) as agg) as tags
+  from contacts c where c.tenant_id = $1 and c.id = $2`;
+
 interface Target {
   readonly tenantId: string;
   readonly contactId: string;
@@ -45,7 +54,9 @@ async function loadData(adminUrl: string): Promise<{ tenantId: string; contactId
     if (existing.rows[0]?.n !== tenantCount) {
       process.stdout.write(`loading ${tenantCount} tenants x ${contactsPerTenant} contacts...\n`);
       await client.query('begin');
-      await client.query("delete from contacts where tenant_id in (select id from tenantry.tenants where slug like 'bench-%')");
+      await client.query(
+        "delete from contacts where tenant_id in (select id from tenantry.tenants where slug like 'bench-%')",
+      );
       await client.query("delete from tenantry.tenants where slug like 'bench-%'");
       await client.query(
         `insert into tenantry.tenants (slug, name)
@@ -72,7 +83,11 @@ async function loadData(adminUrl: string): Promise<{ tenantId: string; contactId
   }
 }
 
-async function measure(url: string, targets: readonly Target[], withAuth: boolean): Promise<number> {
+async function measure(
+  url: string,
+  targets: readonly Target[],
+  withAuth: boolean,
+): Promise<number> {
   let next = 0;
   const result = await autocannon({
     url,
@@ -102,8 +117,14 @@ async function measure(url: string, targets: readonly Target[], withAuth: boolea
 export async function run(): Promise<void> {
   const server = await startEmbeddedPostgres({ directory: '.tenantry/bench-http-postgres' });
   const adminUrl = server.connectionString('tenantry_bench');
-  const appUrl = server.connectionString('tenantry_bench', 'tenantry_app', server.secrets.appPassword);
-  const sources = [{ name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname }];
+  const appUrl = server.connectionString(
+    'tenantry_bench',
+    'tenantry_app',
+    server.secrets.appPassword,
+  );
+  const sources = [
+    { name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname },
+  ];
   await bootstrapDatabase({
     adminConnectionString: server.connectionString('postgres'),
     database: 'tenantry_bench',
@@ -140,7 +161,10 @@ export async function run(): Promise<void> {
     .map((row) => ({ ...row, token: tokens.get(row.tenantId) as string }))
     .sort(() => Math.random() - 0.5);
 
-  const tenantry = await createTenantry<AppDatabase>({ connectionString: appUrl, maxConnections: poolSize });
+  const tenantry = await createTenantry<AppDatabase>({
+    connectionString: appUrl,
+    maxConnections: poolSize,
+  });
   const directory = await createTenantDirectory({ connectionString: appUrl });
   const app = await buildApp({
     tenantry,
@@ -155,10 +179,7 @@ export async function run(): Promise<void> {
   bare.get<{ Params: { tenantId: string; id: string } }>(
     '/bare/:tenantId/contacts/:id',
     async (request, reply) => {
-      const result = await pool.query(
-        'select id, name, phone, email, attributes, version, created_at, updated_at from contacts where tenant_id = $1 and id = $2',
-        [request.params.tenantId, request.params.id],
-      );
+      const result = await pool.query(bareSql, [request.params.tenantId, request.params.id]);
       if (result.rows.length === 0) return reply.code(404).send({ error: 'not found' });
       return result.rows[0];
     },
@@ -181,7 +202,8 @@ export async function run(): Promise<void> {
         `round ${round + 1}: bare ${bareRates.at(-1)?.toFixed(0)} req/s, tenantry ${appRates.at(-1)?.toFixed(0)} req/s\n`,
       );
     }
-    const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? 0;
+    const median = (values: number[]) =>
+      [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? 0;
     const bareRps = median(bareRates);
     const appRps = median(appRates);
     process.stdout.write(

@@ -68,6 +68,17 @@ export interface TenantryOptions {
    * @defaultValue true
    */
   readonly preparedStatements?: boolean;
+  /**
+   * Until a unit of work's first write, run each query-builder SELECT as its own read-only
+   * transaction in the unit's context (BEGIN READ ONLY, context, query, COMMIT in one round
+   * trip); the unit's transaction opens with its first write, savepoint, raw query or stream.
+   * Under read committed a statement sees the same rows either way, and a read-only request then
+   * costs no COMMIT round trip. What differs: `now()` is per statement for those reads, and a
+   * transaction-scoped advisory lock taken inside such a SELECT ends with it. Units with
+   * `repeatable read` or `serializable` never do this.
+   * @defaultValue true
+   */
+  readonly autocommitReads?: boolean;
   /** Extra Kysely plugins, applied after the guard. @defaultValue [] */
   readonly plugins?: readonly KyselyPlugin[];
   readonly logger?: Logger;
@@ -186,6 +197,22 @@ function contextStatements(
   return statements;
 }
 
+/**
+ * The statements that open a read-only transaction for one read before the unit's first write,
+ * or `undefined` when reads must share the unit's transaction (repeatable read and serializable
+ * units, whose reads must see one snapshot, or `autocommitReads: false`).
+ */
+function readStatements(
+  context: TenantContext,
+  options: UnitOfWorkOptions | undefined,
+  enabled: boolean,
+): string[] | undefined {
+  const level = options?.isolationLevel;
+  if (!enabled || (level !== undefined && level !== 'read committed')) return undefined;
+  const [, ...settings] = contextStatements(context, undefined);
+  return ['begin read only', ...settings];
+}
+
 const isolationLevels = {
   'read committed': 'read committed',
   'repeatable read': 'repeatable read',
@@ -269,6 +296,8 @@ class UnitOfWork implements DatabaseConnection {
   #connecting: Promise<pg.PoolClient> | undefined;
   #ended = false;
   readonly #prefix: readonly string[];
+  /** Set while reads may still run as their own read-only transactions (see executeQuery). */
+  #readPrefix: readonly string[] | undefined;
   readonly #oneShot: boolean;
   #state: 'idle' | 'begun' | 'done' | 'closed' = 'idle';
   #pending = new Set<Promise<unknown>>();
@@ -286,8 +315,10 @@ class UnitOfWork implements DatabaseConnection {
     prefix: readonly string[],
     oneShot: boolean,
     statements: StatementCache | undefined,
+    readPrefix: readonly string[] | undefined = undefined,
   ) {
     this.#acquire = acquire;
+    this.#readPrefix = readPrefix;
     this.context = context;
     this.#prefix = prefix;
     this.#oneShot = oneShot;
@@ -355,6 +386,13 @@ class UnitOfWork implements DatabaseConnection {
   async executeQuery<R>(compiled: CompiledQuery): Promise<QueryResult<R>> {
     this.#assertUsable();
     if (this.#oneShot) return this.#executeOneShot<R>(compiled);
+    if (
+      this.#state === 'idle' &&
+      this.#readPrefix !== undefined &&
+      compiled.query.kind === 'SelectQueryNode'
+    ) {
+      return this.#executeRead<R>(compiled, this.#readPrefix);
+    }
     const values = compiled.parameters as unknown[];
     // The first query opens the transaction; `#state` changes before anything is awaited so
     // concurrent queries queue behind it on the client in order.
@@ -369,6 +407,60 @@ class UnitOfWork implements DatabaseConnection {
       const { result, commands } = await sent;
       if (prefix.length > 0 && commands[0] !== 'BEGIN') throw rolledBack(undefined);
       return toQueryResult<R>(result);
+    } catch (error) {
+      throw toTenantryError(error);
+    }
+  }
+
+  /**
+   * A query-builder SELECT before the unit's first write runs as its own read-only transaction
+   * (BEGIN READ ONLY, the context, the query and COMMIT under one Sync): one round trip, and no
+   * COMMIT left for the end of the unit. Under read committed every statement takes its own
+   * snapshot anyway, so the rows seen are the same as inside one transaction. A SELECT that
+   * turns out to write (a volatile function, FOR UPDATE) is refused by the server as read-only
+   * (25006), changed nothing, and runs again inside the unit's transaction, which it opens.
+   */
+  async #executeRead<R>(
+    compiled: CompiledQuery,
+    readPrefix: readonly string[],
+  ): Promise<QueryResult<R>> {
+    const values = compiled.parameters as unknown[];
+    const read = async (): Promise<pg.QueryResult> => {
+      const client = await this.#connect();
+      try {
+        const outcome = await new ContextStatement(
+          readPrefix,
+          compiled.sql,
+          values,
+          ['commit'],
+          this.#statements,
+        ).run(client);
+        if (outcome.commands[0] !== 'BEGIN' || outcome.commands.at(-1) !== 'COMMIT') {
+          throw rolledBack(undefined);
+        }
+        return outcome.result;
+      } catch (error) {
+        // The server skipped the COMMIT after the error, leaving the transaction aborted.
+        await client.query('rollback').catch(() => {
+          this.#broken = true;
+        });
+        if ((error as { code?: unknown }).code !== '25006') throw error;
+      }
+      this.#readPrefix = undefined;
+      const prefix = this.#state === 'idle' ? this.#prefix : [];
+      this.#state = 'begun';
+      const { result, commands } = await new ContextStatement(
+        prefix,
+        compiled.sql,
+        values,
+        [],
+        this.#statements,
+      ).run(client);
+      if (prefix.length > 0 && commands[0] !== 'BEGIN') throw rolledBack(undefined);
+      return result;
+    };
+    try {
+      return toQueryResult<R>(await this.#track(read()));
     } catch (error) {
       throw toTenantryError(error);
     }
@@ -460,8 +552,15 @@ class UnitOfWork implements DatabaseConnection {
   }
 
   async #commit(client: pg.PoolClient): Promise<void> {
-    if (this.#oneShot || this.#state === 'idle') {
+    if (this.#oneShot) {
       this.#state = 'closed';
+      return;
+    }
+    if (this.#state === 'idle') {
+      // Only autocommitted reads ran; a failed one still fails the unit.
+      const failure = await this.#settle();
+      this.#state = 'closed';
+      if (failure !== undefined) throw rolledBack(failure);
       return;
     }
     const failure = await this.#settle();
@@ -482,9 +581,8 @@ class UnitOfWork implements DatabaseConnection {
   async #rollback(client: pg.PoolClient): Promise<void> {
     const begun = this.#state === 'begun' && !this.#oneShot;
     this.#state = 'closed';
-    if (!begun) return;
     await this.#settle();
-    await client.query('rollback');
+    if (begun) await client.query('rollback');
   }
 
   /**
@@ -689,6 +787,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
     return unit?.isOpen ? unit : undefined;
   };
   const guarded = (options.guard ?? 'enforce') === 'enforce';
+  const autocommitReads = options.autocommitReads !== false;
   const createDatabase = (driver: Driver, currentTenantId: () => string | undefined) =>
     new Kysely<DB>({
       dialect: {
@@ -728,6 +827,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
       contextStatements(context, unitOptions),
       oneShot,
       statements,
+      oneShot ? undefined : readStatements(context, unitOptions, autocommitReads),
     );
     let result: T;
     try {
@@ -785,6 +885,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
         contextStatements(context, unitOptions),
         false,
         statements,
+        readStatements(context, unitOptions, autocommitReads),
       );
       const unitDb = createDatabase(
         new TenantryDriver(pool, () => unit, false),

@@ -1,4 +1,5 @@
 import { type Kysely, sql } from 'kysely';
+import { jsonArrayFrom } from 'kysely/helpers/postgres';
 import type { AppDatabase } from '../database.ts';
 
 /** A contact row as the API reads it. */
@@ -86,6 +87,35 @@ export async function findContact(
   id: string,
 ): Promise<ContactRow | undefined> {
   return db.selectFrom('contacts').select(columns).where('id', '=', id).executeTakeFirst();
+}
+
+/**
+ * Finds one contact of the current workspace with its tags (name order), in one query.
+ *
+ * @example
+ * ```ts
+ * const row = await findContactWithTags(db, id); // { ..., tags: [{ id, name }] } or undefined
+ * ```
+ */
+export async function findContactWithTags(
+  db: Kysely<AppDatabase>,
+  id: string,
+): Promise<(ContactRow & { tags: { id: string; name: string }[] }) | undefined> {
+  return db
+    .selectFrom('contacts')
+    .select(columns)
+    .select((eb) =>
+      jsonArrayFrom(
+        eb
+          .selectFrom('contact_tags')
+          .innerJoin('tags', 'tags.id', 'contact_tags.tag_id')
+          .select(['tags.id', 'tags.name'])
+          .whereRef('contact_tags.contact_id', '=', 'contacts.id')
+          .orderBy('tags.name'),
+      ).as('tags'),
+    )
+    .where('contacts.id', '=', id)
+    .executeTakeFirst();
 }
 
 /**

@@ -188,9 +188,9 @@ export async function createContact(db: Kysely<AppDatabase>, input: NewContact):
  * ```
  */
 export async function getContact(db: Kysely<AppDatabase>, id: string): Promise<Contact> {
-  const row = await repository.findContact(db, id);
+  const row = await repository.findContactWithTags(db, id);
   if (row === undefined) throw contactNotFound();
-  return withTags(db, row);
+  return toContact(row, row.tags);
 }
 
 function parseAttributeFilters(pairs: readonly string[]): [string, string][] {

@@ -1,3 +1,4 @@
+import type { webcrypto } from 'node:crypto';
 import type { FastifyRequest } from 'fastify';
 import {
   createLocalJWKSet,
@@ -157,6 +158,31 @@ function resolveAlgorithms(
   return Object.freeze([...algorithms]);
 }
 
+const hmacHashes: Readonly<Record<string, string>> = {
+  HS256: 'SHA-256',
+  HS384: 'SHA-384',
+  HS512: 'SHA-512',
+};
+
+/**
+ * Imports the shared secret once per algorithm: handing jose the raw bytes would import a
+ * CryptoKey on every request. The algorithm is already pinned by `algorithms`.
+ */
+function createSecretKeyResolver(secret: Uint8Array): JWTVerifyGetKey {
+  const imported = new Map<string, Promise<webcrypto.CryptoKey>>();
+  return (header) => {
+    const alg = header.alg ?? '';
+    const hash = hmacHashes[alg];
+    if (hash === undefined) return secret;
+    let key = imported.get(alg);
+    if (key === undefined) {
+      key = crypto.subtle.importKey('raw', secret, { name: 'HMAC', hash }, false, ['verify']);
+      imported.set(alg, key);
+    }
+    return key;
+  };
+}
+
 function resolveSecret(secret: unknown, algorithms: readonly string[]): Uint8Array {
   let bytes: Uint8Array;
   if (typeof secret === 'string') bytes = new TextEncoder().encode(secret);
@@ -286,7 +312,7 @@ function resolveSettings(options: JwtStrategyOptions): JwtSettings {
   const withSecret = options.secret !== undefined;
   const algorithms = resolveAlgorithms(options.algorithms, withSecret);
   let key: Uint8Array | JWTVerifyGetKey;
-  if (withSecret) key = resolveSecret(options.secret, algorithms);
+  if (withSecret) key = createSecretKeyResolver(resolveSecret(options.secret, algorithms));
   else if (options.jwksUrl !== undefined) key = createRemoteKey(options);
   else key = createLocalKey(options.jwks);
 
