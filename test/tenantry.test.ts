@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { sql } from 'kysely';
+import { type Kysely, sql } from 'kysely';
 import { createTenantry, isTenantryError, type Tenantry, type TenantryErrorCode } from 'tenantry';
 import { createTestDatabase, type TestDatabase } from 'tenantry/testing';
 import { type ReferenceDatabase, type SeededTenant, seedTenant, withClient } from './fixtures.ts';
@@ -849,13 +849,21 @@ describe('a unit whose connection never came', () => {
     try {
       await assert.rejects(
         unreachable.withTenant(a.tenantId, async (db) => {
-          await db.insertInto('tags').values({ name: 'never' }).execute().catch(() => undefined);
+          await db
+            .insertInto('tags')
+            .values({ name: 'never' })
+            .execute()
+            .catch(() => undefined);
           return 'resolved anyway';
         }),
         hasCode('TENANTRY_ERR_DB_UNAVAILABLE'),
       );
       const unit = unreachable.beginUnit(a.tenantId);
-      await unit.db.selectFrom('tags').selectAll().execute().catch(() => undefined);
+      await unit.db
+        .selectFrom('tags')
+        .selectAll()
+        .execute()
+        .catch(() => undefined);
       await assert.rejects(unit.commit(), hasCode('TENANTRY_ERR_DB_UNAVAILABLE'));
     } finally {
       await unreachable.close();
@@ -872,6 +880,115 @@ describe('SQLSTATE mapping', () => {
       (error: unknown) =>
         isTenantryError(error, 'TENANTRY_ERR_DB_STILL_REFERENCED') && error.status === 409,
     );
-    assert.equal(await countAsSuperuser('contacts', a.tenantId) > 0, true);
+    assert.equal((await countAsSuperuser('contacts', a.tenantId)) > 0, true);
+  });
+});
+
+describe('reads before the first write (autocommitReads)', () => {
+  const openTransactions = () =>
+    withClient(database.adminUrl, async (client) => {
+      const result = await client.query<{ n: number }>(
+        `select count(*)::int as n from pg_stat_activity
+         where usename = 'tenantry_app' and datname = current_database()
+           and state = 'idle in transaction'`,
+      );
+      return result.rows[0]?.n;
+    });
+
+  test('a read leaves no transaction open; the first write opens one', async () => {
+    const small = await createTenantry<ReferenceDatabase>({
+      connectionString: database.appUrl,
+      maxConnections: 1,
+    });
+    try {
+      await small
+        .withTenant(a.tenantId, async (db) => {
+          const rows = await db.selectFrom('tags').select('tenant_id').execute();
+          assert.ok(rows.every((row) => row.tenant_id === a.tenantId));
+          assert.equal(await openTransactions(), 0);
+          await db.insertInto('tags').values({ name: 'opens-transaction' }).execute();
+          assert.equal(await openTransactions(), 1);
+          throw new Error('roll back');
+        })
+        .catch((error: unknown) => {
+          if (!(error instanceof Error) || error.message !== 'roll back') throw error;
+        });
+      assert.equal(
+        await withClient(database.adminUrl, async (client) => {
+          const result = await client.query(
+            "select count(*)::int as n from tags where name = 'opens-transaction'",
+          );
+          return result.rows[0].n as number;
+        }),
+        0,
+      );
+    } finally {
+      await small.close();
+    }
+  });
+
+  test('with autocommitReads: false a read opens the transaction', async () => {
+    const small = await createTenantry<ReferenceDatabase>({
+      connectionString: database.appUrl,
+      maxConnections: 1,
+      autocommitReads: false,
+    });
+    try {
+      await small.withTenant(a.tenantId, async (db) => {
+        await db.selectFrom('tags').select('id').execute();
+        assert.equal(await openTransactions(), 1);
+      });
+    } finally {
+      await small.close();
+    }
+  });
+
+  test('a SELECT that writes runs again inside the transaction, once, and rolls back with it', async () => {
+    await withClient(database.adminUrl, (client) =>
+      client.query(`create or replace function public.bench_touch_tag(tag_name text) returns int
+        language sql as $$ insert into public.tags (name) values (tag_name) returning 1 $$`),
+    );
+    const count = (name: string) =>
+      withClient(database.adminUrl, async (client) => {
+        const result = await client.query('select count(*)::int as n from tags where name = $1', [
+          name,
+        ]);
+        return result.rows[0].n as number;
+      });
+    const touch = (db: Kysely<ReferenceDatabase>, name: string) =>
+      db
+        .selectFrom('contacts')
+        .select(sql<number>`public.bench_touch_tag(${name})`.as('touched'))
+        .where('id', '=', a.contactId)
+        .execute();
+    await tenantry.withTenant(a.tenantId, (db) => touch(db, 'written-by-select'));
+    assert.equal(await count('written-by-select'), 1);
+    await assert.rejects(
+      tenantry.withTenant(a.tenantId, async (db) => {
+        await touch(db, 'rolled-back-select');
+        throw new Error('roll back');
+      }),
+      /roll back/,
+    );
+    assert.equal(await count('rolled-back-select'), 0);
+  });
+
+  test('a repeatable read unit reads one snapshot', async () => {
+    const seen = await tenantry.withTenant(
+      a.tenantId,
+      async (db) => {
+        const before = await db.selectFrom('tags').select('id').execute();
+        await withClient(database.adminUrl, (client) =>
+          client.query('insert into tags (tenant_id, name) values ($1, $2)', [
+            a.tenantId,
+            'appeared-meanwhile',
+          ]),
+        );
+        const after = await db.selectFrom('tags').select('id').execute();
+        return [before.length, after.length];
+      },
+      { isolationLevel: 'repeatable read' },
+    );
+    assert.equal(seen[0], seen[1]);
   });
 });
