@@ -24,9 +24,9 @@ create trigger tenants_notify_change
   after insert or update or delete on :"tenantry_schema".tenants
   for each row execute function :"tenantry_schema".notify_tenant_change();
 
--- Creates an active tenant. The app role may call it (self-service sign-up) but has no other
--- write on the catalog; status, plan changes and deletion belong to the platform roles.
-create function :"tenantry_schema".create_tenant(p_slug text, p_name text, p_plan text default 'free')
+-- Creates an active tenant on the default plan. The app role may call it (self-service sign-up)
+-- but has no other write on the catalog; status, plan and deletion belong to the platform roles.
+create function :"tenantry_schema".create_tenant(p_slug text, p_name text)
   returns uuid
   language plpgsql
   security definer
@@ -38,13 +38,13 @@ begin
   if p_slug is null or p_slug !~ '^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$' then
     raise exception 'invalid tenant slug' using errcode = '22023', hint = 'tenantry:slug_invalid';
   end if;
-  insert into :"tenantry_schema".tenants (slug, name, plan) values (p_slug, p_name, p_plan)
+  insert into :"tenantry_schema".tenants (slug, name) values (p_slug, p_name)
     returning id into created;
   return created;
 end
 $fn$;
-revoke all on function :"tenantry_schema".create_tenant(text, text, text) from public;
-grant execute on function :"tenantry_schema".create_tenant(text, text, text) to :"app_role";
+revoke all on function :"tenantry_schema".create_tenant(text, text) from public;
+grant execute on function :"tenantry_schema".create_tenant(text, text) to :"app_role";
 
 -- API keys: `tk_<prefix>_<secret>`. The prefix is public and indexed; only SHA-256(secret) is
 -- stored (the secret is 256 random bits, so a slow password hash would add nothing).
@@ -65,6 +65,30 @@ create table :"tenantry_schema".api_keys (
 );
 create index api_keys_prefix_idx on :"tenantry_schema".api_keys (prefix);
 select :"tenantry_schema".enable_tenant_isolation(:'tenantry_schema' || '.api_keys');
+
+-- Within its tenant the app role lists keys and revokes them, but never reads a hash, changes a
+-- secret or takes a revocation back.
+revoke select, update on :"tenantry_schema".api_keys from :"app_role";
+grant select (tenant_id, id, prefix, name, scopes, created_by, created_at, expires_at, revoked_at,
+              last_used_at)
+  on :"tenantry_schema".api_keys to :"app_role";
+grant update (revoked_at) on :"tenantry_schema".api_keys to :"app_role";
+
+create function :"tenantry_schema".keep_api_key_revoked() returns trigger
+  language plpgsql
+  set search_path = pg_catalog
+  as $fn$
+begin
+  if old.revoked_at is not null and new.revoked_at is distinct from old.revoked_at then
+    raise exception 'an API key revocation cannot be undone' using errcode = '42501';
+  end if;
+  return new;
+end
+$fn$;
+
+create trigger api_keys_keep_revoked
+  before update on :"tenantry_schema".api_keys
+  for each row execute function :"tenantry_schema".keep_api_key_revoked();
 
 -- Resolves a presented key before any tenant context exists. It returns a row only when the
 -- secret's hash matches, so the app role can neither list keys nor read any hash through it,

@@ -147,8 +147,13 @@ export async function createTenantDirectory(
       disconnected(client);
     });
     client.on('end', () => disconnected(client));
-    await client.connect();
-    await client.query('listen tenantry_tenants');
+    try {
+      await client.connect();
+      await client.query('listen tenantry_tenants');
+    } catch (error) {
+      await client.end().catch(() => undefined);
+      throw error;
+    }
     if (closed) {
       await client.end();
       return;
@@ -255,6 +260,7 @@ export async function createTenantDirectory(
     async close() {
       closed = true;
       listening = false;
+      invalidate();
       if (retryTimer !== undefined) clearTimeout(retryTimer);
       const client = listener;
       listener = undefined;

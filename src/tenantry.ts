@@ -38,6 +38,12 @@ export interface TenantryOptions {
   readonly connectionString: string;
   /** Largest number of pooled connections. @defaultValue 10 */
   readonly maxConnections?: number;
+  /**
+   * How long a unit of work waits for a pooled connection (or a new one to open) before it
+   * fails with `TENANTRY_ERR_DB_UNAVAILABLE`, instead of waiting forever on an exhausted pool.
+   * @defaultValue 10000
+   */
+  readonly acquireTimeoutMs?: number;
   /** Server-side `statement_timeout` for every pooled connection. @defaultValue 30000 */
   readonly statementTimeoutMs?: number;
   /** Server-side `idle_in_transaction_session_timeout`. @defaultValue 60000 */
@@ -163,6 +169,7 @@ export interface Tenantry<DB> {
 
 const defaults = {
   maxConnections: 10,
+  acquireTimeoutMs: 10_000,
   statementTimeoutMs: 30_000,
   idleInTransactionTimeoutMs: 60_000,
   serializationRetries: 2,
@@ -748,6 +755,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
   }
   for (const key of [
     'maxConnections',
+    'acquireTimeoutMs',
     'statementTimeoutMs',
     'idleInTransactionTimeoutMs',
   ] as const) {
@@ -765,6 +773,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
   const pool = new pg.Pool({
     connectionString: settings.connectionString,
     max: settings.maxConnections,
+    connectionTimeoutMillis: settings.acquireTimeoutMs,
     statement_timeout: settings.statementTimeoutMs,
     idle_in_transaction_session_timeout: settings.idleInTransactionTimeoutMs,
   });
@@ -806,8 +815,13 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
     () => currentUnit()?.context.tenantId,
   );
 
+  // A nested call naming only the tenant joins a unit that also carries a user: it asks for no
+  // more than the open unit has. Another tenant, or another user, is refused.
   const joinOrFail = (context: TenantContext, unit: UnitOfWork) => {
-    if (unit.context.tenantId !== context.tenantId || unit.context.userId !== context.userId) {
+    if (
+      unit.context.tenantId !== context.tenantId ||
+      (context.userId !== undefined && unit.context.userId !== context.userId)
+    ) {
       throw new TenantryError(
         'TENANTRY_ERR_CONTEXT_MISMATCH',
         'A unit of work for another tenant or user was started inside an open one; run it outside instead.',

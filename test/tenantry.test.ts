@@ -146,6 +146,54 @@ describe('withTenant', () => {
     );
   });
 
+  test('a nested call naming only the tenant joins a unit with a user; another user is refused', async () => {
+    const userId = randomUUID();
+    const joined = await tenantry.withTenant({ tenantId: a.tenantId, userId }, async () =>
+      tenantry.withTenant(a.tenantId, (db) =>
+        sql<{ user_id: string }>`select tenantry.current_user_id() as user_id`.execute(db),
+      ),
+    );
+    assert.equal(joined.rows[0]?.user_id, userId);
+    await assert.rejects(
+      tenantry.withTenant({ tenantId: a.tenantId, userId }, () =>
+        tenantry.withTenant({ tenantId: a.tenantId, userId: randomUUID() }, async () => 'never'),
+      ),
+      hasCode('TENANTRY_ERR_CONTEXT_MISMATCH'),
+    );
+  });
+
+  test('an exhausted pool fails with DB_UNAVAILABLE after acquireTimeoutMs instead of hanging', async () => {
+    const small = await createTenantry<ReferenceDatabase>({
+      connectionString: database.appUrl,
+      maxConnections: 1,
+      acquireTimeoutMs: 200,
+    });
+    try {
+      let release = () => {};
+      const held = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      let holding = () => {};
+      const isHolding = new Promise<void>((resolve) => {
+        holding = resolve;
+      });
+      const holder = small.withTenant(a.tenantId, async (db) => {
+        await db.insertInto('tags').values({ name: 'holds-the-connection' }).execute();
+        holding();
+        await held;
+      });
+      await isHolding;
+      await assert.rejects(
+        small.withTenant(b.tenantId, (other) => other.selectFrom('tags').selectAll().execute()),
+        hasCode('TENANTRY_ERR_DB_UNAVAILABLE'),
+      );
+      release();
+      await holder;
+    } finally {
+      await small.close();
+    }
+  });
+
   test('sets the user id when one is given', async () => {
     const userId = randomUUID();
     const settings = await tenantry.withTenant({ tenantId: a.tenantId, userId }, async (db) => {

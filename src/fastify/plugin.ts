@@ -174,6 +174,36 @@ const tenantryFastifyPlugin: FastifyPluginAsync<TenantryFastifyOptions> = async 
   const defaultRequirement = options.defaultRequirement ?? 'authenticated';
   const unitOptions = options.unitOfWork;
 
+  // A mistyped requirement must not fall through to a weaker one: refuse it at start-up.
+  fastify.addHook('onRoute', (route) => {
+    const config = (route.config ?? {}) as {
+      tenant?: unknown;
+      scope?: unknown;
+      roles?: unknown;
+    };
+    if (config.tenant !== undefined && !requirements.has(config.tenant as TenantRequirement)) {
+      fail(
+        'TENANTRY_ERR_CONFIG_INVALID',
+        `Route ${route.method} ${route.url}: config.tenant must be authenticated, public or none.`,
+      );
+    }
+    if (config.scope !== undefined && typeof config.scope !== 'string') {
+      fail(
+        'TENANTRY_ERR_CONFIG_INVALID',
+        `Route ${route.method} ${route.url}: config.scope must be a string.`,
+      );
+    }
+    if (
+      config.roles !== undefined &&
+      (!Array.isArray(config.roles) || !config.roles.every((role) => typeof role === 'string'))
+    ) {
+      fail(
+        'TENANTRY_ERR_CONFIG_INVALID',
+        `Route ${route.method} ${route.url}: config.roles must list role names.`,
+      );
+    }
+  });
+
   fastify.decorate('tenantry', Object.freeze({ tenantry, directory }));
   fastify.decorateRequest('tenant', null);
 
@@ -256,7 +286,7 @@ const tenantryFastifyPlugin: FastifyPluginAsync<TenantryFastifyOptions> = async 
     return { record, userId, role, scopes, identities: Object.freeze(identities) };
   }
 
-  fastify.addHook('onRequest', async (request: FastifyRequest) => {
+  fastify.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     const config = request.routeOptions.config;
     const requirement = request.is404 ? 'none' : (config.tenant ?? defaultRequirement);
     if (requirement === 'none') return;
@@ -293,6 +323,8 @@ const tenantryFastifyPlugin: FastifyPluginAsync<TenantryFastifyOptions> = async 
       db: unit.db,
     });
     request.log = request.log.child({ tenantId: found.record.id });
+    // Fastify logs "request completed" and response errors through reply.log.
+    reply.log = request.log;
   });
 
   // Run the rest of the request inside the unit, so `tenantry.db` and `withTenant()` in

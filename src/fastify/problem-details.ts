@@ -60,6 +60,7 @@ const retryAfterSeconds: Readonly<Partial<Record<string, number>>> = {
   TENANTRY_ERR_DB_UNAVAILABLE: 2,
   TENANTRY_ERR_DB_TIMEOUT: 2,
   TENANTRY_ERR_DB_SERIALIZATION: 1,
+  TENANTRY_ERR_AUTH_KEYS_UNAVAILABLE: 5,
 };
 
 function problem(
@@ -69,7 +70,16 @@ function problem(
   detail: string,
   extensions: Record<string, unknown> = {},
 ): ProblemDetails {
-  return { type: `urn:tenantry:error:${code}`, title, status, detail, code, ...extensions };
+  // Extensions come first so they can never replace a standard member; a 5xx carries none,
+  // since its details describe internals (table names, say) rather than the request.
+  return {
+    ...(status >= 500 ? {} : extensions),
+    type: `urn:tenantry:error:${code}`,
+    title,
+    status,
+    detail,
+    code,
+  };
 }
 
 function fromCode(code: TenantryErrorCode, detail?: string): ProblemDetails {
