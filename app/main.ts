@@ -43,7 +43,8 @@ async function main(): Promise<void> {
     developmentSecret(dirname(bootstrapConfig.database.embeddedDirectory)),
   );
   const logger = pino({ level: config.logLevel });
-  const database = await prepareDatabase(config.database, logger);
+  // The app stops the embedded server itself, after in-flight requests finish.
+  const database = await prepareDatabase({ ...config.database, stopOnSignal: false }, logger);
   let stopping = false;
   try {
     const sources = [{ name: 'app', directory: migrationsDirectory }];

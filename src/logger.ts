@@ -31,3 +31,15 @@ export const silentLogger: Logger = Object.freeze({
   warn: ignore,
   error: ignore,
 });
+
+/**
+ * The loggable part of a connection error: `pg` errors carry their client (and its
+ * configuration) as enumerable properties, which a logger's error serializer would dump whole.
+ */
+export function summarizeError(error: unknown): { type: string; message: string; code?: string } {
+  if (!(error instanceof Error)) return { type: typeof error, message: String(error) };
+  const code = (error as { code?: unknown }).code;
+  return typeof code === 'string'
+    ? { type: error.name, message: error.message, code }
+    : { type: error.name, message: error.message };
+}

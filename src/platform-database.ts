@@ -2,7 +2,7 @@ import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { toTenantryError } from './database-errors.ts';
 import { TenantryError } from './errors.ts';
-import { type Logger, silentLogger } from './logger.ts';
+import { type Logger, silentLogger, summarizeError } from './logger.ts';
 
 /** Options for {@link createPlatformDatabase}. */
 export interface PlatformDatabaseOptions {
@@ -55,7 +55,9 @@ export async function createPlatformDatabase<DB>(
     connectionString: options.connectionString,
     max: options.maxConnections ?? 4,
   });
-  pool.on('error', (error) => logger.warn({ err: error }, 'idle platform connection failed'));
+  pool.on('error', (error) =>
+    logger.warn({ err: summarizeError(error) }, 'idle platform connection failed'),
+  );
   let role: string;
   try {
     const result = await pool.query<{

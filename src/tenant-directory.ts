@@ -2,7 +2,7 @@ import pg from 'pg';
 import { defaultTenantrySchema, parseIdentifier, quoteIdentifier } from './config.ts';
 import { toTenantryError } from './database-errors.ts';
 import { TenantryError } from './errors.ts';
-import { type Logger, silentLogger } from './logger.ts';
+import { type Logger, silentLogger, summarizeError } from './logger.ts';
 import { isUuid, type TenantId } from './tenant-id.ts';
 
 /** A tenant as the catalog (`tenantry.tenants`) describes it. */
@@ -97,7 +97,9 @@ export async function createTenantDirectory(
   const logger = options.logger ?? silentLogger;
   const selectSql = `select id, slug, name, plan, status, placement from ${schema}.tenants`;
   const pool = new pg.Pool({ connectionString: settings.connectionString, max: 2 });
-  pool.on('error', (error) => logger.warn({ err: error }, 'tenant directory connection failed'));
+  pool.on('error', (error) =>
+    logger.warn({ err: summarizeError(error) }, 'tenant directory connection failed'),
+  );
 
   const cache = new Map<string, Entry>();
   const inFlight = new Map<string, Promise<TenantRecord | undefined>>();
@@ -143,7 +145,7 @@ export async function createTenantDirectory(
     const client = new pg.Client({ connectionString: settings.connectionString });
     client.on('notification', onNotification);
     client.on('error', (error) => {
-      logger.warn({ err: error }, 'tenant directory listener failed; reconnecting');
+      logger.warn({ err: summarizeError(error) }, 'tenant directory listener failed; reconnecting');
       disconnected(client);
     });
     client.on('end', () => disconnected(client));
@@ -177,7 +179,7 @@ export async function createTenantDirectory(
     retryTimer = setTimeout(() => {
       retryTimer = undefined;
       listen().catch((error: unknown) => {
-        logger.warn({ err: error }, 'tenant directory could not listen; retrying');
+        logger.warn({ err: summarizeError(error) }, 'tenant directory could not listen; retrying');
         scheduleListen(Math.min(delayMs * 2, 5_000));
       });
     }, delayMs);

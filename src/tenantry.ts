@@ -18,7 +18,7 @@ import Cursor from 'pg-cursor';
 import { ContextStatement } from './context-statement.ts';
 import { isRetryableError, toTenantryError } from './database-errors.ts';
 import { isTenantryError, TenantryError } from './errors.ts';
-import { type Logger, silentLogger } from './logger.ts';
+import { type Logger, silentLogger, summarizeError } from './logger.ts';
 import { StatementCache } from './statement-cache.ts';
 import { createTenantGuardPlugin } from './tenant-guard.ts';
 import { parseTenantId, parseUserId, type TenantId, type UserId } from './tenant-id.ts';
@@ -777,7 +777,9 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
     statement_timeout: settings.statementTimeoutMs,
     idle_in_transaction_session_timeout: settings.idleInTransactionTimeoutMs,
   });
-  pool.on('error', (error) => logger.warn({ err: error }, 'idle database connection failed'));
+  pool.on('error', (error) =>
+    logger.warn({ err: summarizeError(error) }, 'idle database connection failed'),
+  );
 
   let tenantTables: Set<string>;
   try {

@@ -26,7 +26,14 @@ export interface PreparedDatabase {
 export type PrepareDatabaseOptions = Pick<
   CliConfig,
   'databaseUrl' | 'appDatabaseUrl' | 'analyticsDatabaseUrl' | 'databaseName' | 'embeddedDirectory'
->;
+> & {
+  /**
+   * Whether the embedded server stops itself on SIGINT/SIGTERM (see `startEmbeddedPostgres`);
+   * `false` for an application that shuts down gracefully and calls `stop()` last.
+   * @defaultValue true
+   */
+  readonly stopOnSignal?: boolean;
+};
 
 /**
  * Starts the embedded server (no `DATABASE_URL`) or checks the external one, then makes sure
@@ -46,8 +53,13 @@ export async function prepareDatabase(
   config: PrepareDatabaseOptions,
   logger: Logger = silentLogger,
 ): Promise<PreparedDatabase> {
+  const stopOnSignal = config.stopOnSignal;
   if (config.databaseUrl === undefined) {
-    const server = await startEmbeddedPostgres({ directory: config.embeddedDirectory, logger });
+    const server = await startEmbeddedPostgres({
+      directory: config.embeddedDirectory,
+      logger,
+      ...(stopOnSignal === undefined ? {} : { stopOnSignal }),
+    });
     try {
       await bootstrapDatabase({
         adminConnectionString: server.connectionString('postgres'),

@@ -11,7 +11,7 @@ const config = loadCliConfig();
 const logger = createConsoleLogger(config.logLevel);
 
 async function withDatabase<T>(fn: (database: PreparedDatabase) => Promise<T>): Promise<T> {
-  const database = await prepareDatabase(config, logger);
+  const database = await prepareDatabase({ ...config, stopOnSignal: false }, logger);
   const stop = () => {
     void database.stop().finally(() => process.exit(130));
   };

