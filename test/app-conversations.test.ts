@@ -572,6 +572,40 @@ describe('GET /conversations', () => {
     assertProblem(write, 403, 'TENANTRY_ERR_AUTH_INSUFFICIENT_SCOPE');
     assert.equal(await countRows('conversations', workspace.tenantId), expectedOrder.length);
   });
+
+  test('q finds conversations by subject and contact words, page by page, in this workspace only', async () => {
+    const ofContact = await queryAsAdmin<{ id: string }>(
+      testApp,
+      'select id from conversations where contact_id = $1 order by updated_at desc, id desc',
+      [contactOne],
+    );
+    assert.deepEqual(
+      await listAll('/conversations?q=carl', 1),
+      ofContact.map((row) => row.id),
+    );
+    assert.deepEqual(await listAll('/conversations?q=list', 2), expectedOrder);
+    assert.equal((await listAll('/conversations?q=list&status=closed', 2)).length, 1);
+    const mineOfCarla = await listAll('/conversations?q=carla&assignee=me', 1);
+    assert.deepEqual(
+      mineOfCarla,
+      (await listAll('/conversations?assignee=me', 5)).filter((id) =>
+        ofContact.some((row) => row.id === id),
+      ),
+    );
+    assert.deepEqual(await listAll('/conversations?q=secret', 5), []);
+    assert.deepEqual(await listAll('/conversations?q=bruno', 5), []);
+    assert.deepEqual(await listAll('/conversations?q=bruno', 5, b), [bConversation]);
+  });
+
+  test('q cannot be combined with contactId or assignee=none', async () => {
+    for (const query of [`q=hello&contactId=${contactOne}`, 'q=hello&assignee=none']) {
+      assertProblem(
+        await inject(workspace, 'GET', `/conversations?${query}`),
+        400,
+        'TENANTRY_ERR_HTTP_VALIDATION',
+      );
+    }
+  });
 });
 
 describe('POST /conversations/:id/messages', () => {

@@ -19,6 +19,8 @@ export const referenceTenantTables = Object.freeze([
   'invitations',
   'workspace_settings',
   'idempotency_keys',
+  'contact_search_terms',
+  'conversation_search_terms',
 ]);
 
 /** Ids of the rows {@link seedTenant} created. */

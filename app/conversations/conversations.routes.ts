@@ -6,6 +6,7 @@ import { idempotent } from '../http/idempotency.ts';
 import { Page, PageQuery } from '../http/pagination.ts';
 import type { AppInstance, AppServices } from '../http/types.ts';
 import { messagesRoutes } from '../messages/messages.routes.ts';
+import { searchConversations } from '../search/search.repository.ts';
 import { ConversationParams, ConversationSchema, ProblemSchema } from './conversations.schemas.ts';
 import {
   createConversation,
@@ -53,6 +54,9 @@ const ListConversationsQuery = Type.Object(
       }),
     ),
     contactId: Type.Optional(Type.String({ format: 'uuid' })),
+    q: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 200, description: 'Free-text search' }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -109,14 +113,15 @@ export async function conversationsRoutes(app: AppInstance, options: AppServices
       schema: {
         tags: ['conversations'],
         summary: 'List conversations, most recently updated first',
-        description: '`assignee=me` lists the conversations assigned to the signed-in user.',
+        description:
+          '`assignee=me` lists the conversations assigned to the signed-in user. `q` matches word prefixes of the subject and of the contact name, email and phone (digits anywhere in the number); it cannot be combined with `contactId` or `assignee=none`.',
         querystring: ListConversationsQuery,
         response: { 200: Page(ConversationSchema), ...errors },
       },
     },
     async (request) => {
       const tenant = requireTenant(request);
-      const { assignee, contactId, status, limit, cursor } = request.query;
+      const { assignee, q, contactId, status, limit, cursor } = request.query;
       let assigneeId: string | null | undefined;
       if (assignee === 'me') {
         if (tenant.userId === undefined) {
@@ -128,13 +133,14 @@ export async function conversationsRoutes(app: AppInstance, options: AppServices
       } else {
         assigneeId = assignee?.toLowerCase();
       }
-      return listConversations(tenant.db, {
-        status,
-        assigneeId,
-        contactId,
-        limit: limit ?? 25,
-        cursor,
-      });
+      if (q !== undefined && (contactId !== undefined || assigneeId === null)) {
+        throw queryError('/querystring/q', 'cannot be combined with contactId or assignee=none');
+      }
+      return listConversations(
+        tenant.db,
+        { status, assigneeId, contactId, q, limit: limit ?? 25, cursor },
+        searchConversations,
+      );
     },
   );
 
