@@ -20,6 +20,7 @@ export const referenceTenantTables = Object.freeze([
   'workspace_settings',
   'idempotency_keys',
   'contact_search_terms',
+  'contact_attribute_terms',
   'conversation_search_terms',
 ]);
 
@@ -55,7 +56,11 @@ export async function seedTenant(
   return tenantry.withTenant(tenantId, async (db: Kysely<ReferenceDatabase>) => {
     const contact = await db
       .insertInto('contacts')
-      .values({ name: `${slug} contact`, phone: `+1555${slug}` })
+      .values({
+        name: `${slug} contact`,
+        phone: `+1555${slug}`,
+        attributes: JSON.stringify({ plan: 'gold' }),
+      })
       .returning('id')
       .executeTakeFirstOrThrow();
     const tag = await db

@@ -7,6 +7,7 @@ import type { AppDatabase } from '../database.ts';
  */
 type SearchTables = {
   contact_search_terms: { tenant_id: Generated<string>; contact_id: string; term: string };
+  contact_attribute_terms: { tenant_id: Generated<string>; contact_id: string; term: string };
   conversation_search_terms: {
     tenant_id: Generated<string>;
     conversation_id: string;
@@ -76,7 +77,14 @@ export interface ContactSearchRow {
   readonly updated_at_key: string;
 }
 
-/** Words of a query beyond this many are ignored (each one is one more index range). */
+/**
+ * Words of a query beyond this many are ignored: each one is one more index range to intersect.
+ *
+ * @example
+ * ```ts
+ * if (searchWords(input).length === maxSearchWords) reply.header('x-search-truncated', '1');
+ * ```
+ */
 export const maxSearchWords = 8;
 
 const digitsOnly = /^[0-9]{1,32}$/;
@@ -125,7 +133,7 @@ function termOwners(
 function attributeOwners(search: Kysely<SearchDatabase>, filter: AttributeFilter) {
   return Object.entries(filter).map(([key, value]) =>
     search
-      .selectFrom('contact_search_terms')
+      .selectFrom('contact_attribute_terms')
       .select('contact_id')
       .where(
         'term',
@@ -133,6 +141,21 @@ function attributeOwners(search: Kysely<SearchDatabase>, filter: AttributeFilter
         sql<string>`search_attribute_term(${key}, cast(${JSON.stringify(value)} as jsonb))`,
       ),
   );
+}
+
+/**
+ * Settles how the rest of the unit of work is planned, in one round trip:
+ *
+ * - each statement for its values (`plan_cache_mode`). A prepared statement may switch to a
+ *   generic plan after five runs, and a generic plan cannot tell a word found in 20
+ *   conversations from one found in 40,000; the plan that is right for one is 40 times too slow
+ *   for the other. Planning costs about half a millisecond.
+ * - without parallel workers (`max_parallel_workers_per_gather`). Starting them costs 10 to 20
+ *   ms, more than a page of results takes to find; measured in docs/guides/search-under-rls.md.
+ */
+async function planForThisSearch(db: Kysely<AppDatabase>): Promise<void> {
+  await sql`select set_config('plan_cache_mode', 'force_custom_plan', true),
+                   set_config('max_parallel_workers_per_gather', '0', true)`.execute(db);
 }
 
 /** `(updated_at, id)` strictly before the cursor, in the order `updated_at desc, id desc`. */
@@ -164,14 +187,17 @@ export async function searchConversations(
   db: Kysely<AppDatabase>,
   params: ConversationSearchParams,
 ): Promise<ConversationSearchRow[]> {
+  const words = searchWords(params.query);
+  const attributes = params.attributes ?? {};
+  if (words.length > 0 || Object.keys(attributes).length > 0) await planForThisSearch(db);
   const search = db.withTables<SearchTables>();
   let matches = search
     .selectFrom('conversations as c')
     .select(['c.id', 'c.contact_id', 'c.subject', 'c.status', 'c.assignee_id', 'c.updated_at']);
-  for (const word of searchWords(params.query)) {
+  for (const word of words) {
     matches = matches.where('c.id', 'in', termOwners(search, 'conversation_search_terms', word));
   }
-  for (const owners of attributeOwners(search, params.attributes ?? {})) {
+  for (const owners of attributeOwners(search, attributes)) {
     matches = matches.where('c.contact_id', 'in', owners);
   }
   if (params.status !== undefined) matches = matches.where('c.status', '=', params.status);
@@ -211,6 +237,9 @@ export async function searchContacts(
   db: Kysely<AppDatabase>,
   params: ContactSearchParams,
 ): Promise<ContactSearchRow[]> {
+  const words = searchWords(params.query);
+  const attributes = params.attributes ?? {};
+  if (words.length > 0 || Object.keys(attributes).length > 0) await planForThisSearch(db);
   const search = db.withTables<SearchTables>();
   let query = search
     .selectFrom('contacts as k')
@@ -223,10 +252,10 @@ export async function searchContacts(
       'k.updated_at',
       sql<string>`to_json(k.updated_at) #>> '{}'`.as('updated_at_key'),
     ]);
-  for (const word of searchWords(params.query)) {
+  for (const word of words) {
     query = query.where('k.id', 'in', termOwners(search, 'contact_search_terms', word));
   }
-  for (const owners of attributeOwners(search, params.attributes ?? {})) {
+  for (const owners of attributeOwners(search, attributes)) {
     query = query.where('k.id', 'in', owners);
   }
   if (params.after !== undefined) query = query.where(before('k', params.after));
