@@ -792,3 +792,50 @@ describe('jwt strategy: configuration is validated at construction', () => {
     refuses({ secret, maxTokenAgeSec: 0 });
   });
 });
+
+describe('jwt strategy: verified-token cache (shared secret)', () => {
+  const tenant = '11111111-1111-4111-8111-111111111111';
+  const user = '22222222-2222-4222-8222-222222222222';
+  const request = (token: string) =>
+    ({ headers: { authorization: `Bearer ${token}` } }) as unknown as Parameters<
+      IdentificationStrategy['identify']
+    >[0];
+  const tokenExpiringIn = (seconds: number) =>
+    new SignJWT({ tenant_id: tenant })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject(user)
+      .setExpirationTime(Math.floor(Date.now() / 1000) + seconds)
+      .sign(secretKey);
+
+  test('a cached token is still refused once it expires', async (t) => {
+    t.mock.timers.enable({ apis: ['Date'], now: Date.now() });
+    const strategy = createJwtStrategy({ secret, clockToleranceSec: 0 });
+    const token = await tokenExpiringIn(30);
+    assert.equal((await strategy.identify(request(token)))?.tenantId, tenant);
+    assert.equal((await strategy.identify(request(token)))?.tenantId, tenant);
+    t.mock.timers.tick(31_000);
+    await assert.rejects(
+      async () => strategy.identify(request(token)),
+      (error: unknown) => isTenantryError(error, 'TENANTRY_ERR_AUTH_TOKEN_EXPIRED'),
+    );
+  });
+
+  test('a token with a changed signature is never served from the cache', async () => {
+    const strategy = createJwtStrategy({ secret });
+    const token = await tokenExpiringIn(600);
+    await strategy.identify(request(token));
+    const [header, payload, signature] = token.split('.') as [string, string, string];
+    const flipped = `${header}.${payload}.${signature.slice(0, -2)}${signature.endsWith('AA') ? 'BB' : 'AA'}`;
+    await assert.rejects(
+      async () => strategy.identify(request(flipped)),
+      (error: unknown) => isTenantryError(error, 'TENANTRY_ERR_AUTH_TOKEN_INVALID'),
+    );
+  });
+
+  test('a negative cache size is refused', () => {
+    assert.throws(
+      () => createJwtStrategy({ secret, verifiedTokenCacheSize: -1 }),
+      (error: unknown) => isTenantryError(error, 'TENANTRY_ERR_CONFIG_INVALID'),
+    );
+  });
+});
