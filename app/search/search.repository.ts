@@ -166,7 +166,9 @@ function before(alias: string, after: SearchCursor): RawBuilder<SqlBool> {
 /**
  * Searches the current tenant's conversations, newest-updated first, `limit` rows after the
  * cursor. Every condition is an index range or equality on a leakproof operator, so it stays
- * fast under RLS in a tenant of any size (see docs/guides/search-under-rls.md).
+ * fast under RLS in a tenant of any size (see docs/guides/search-under-rls.md). With words or
+ * attributes it first sets custom plans and no parallel workers for the rest of the transaction,
+ * so it needs a unit of work that may run two statements (`withTenant`, not `oneShot`).
  *
  * @example
  * ```ts
@@ -226,7 +228,8 @@ export async function searchConversations(
 
 /**
  * Searches the current tenant's contacts by name, email, phone and custom attributes,
- * newest-updated first, `limit` rows after the cursor.
+ * newest-updated first, `limit` rows after the cursor, like {@link searchConversations} (and
+ * with the same planning settings).
  *
  * @example
  * ```ts
