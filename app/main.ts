@@ -7,6 +7,7 @@ import {
   createTenantDirectory,
   createTenantry,
   isTenantryError,
+  loadCliConfig,
   migrate,
   prepareDatabase,
   requireAppUrl,
@@ -37,10 +38,9 @@ function developmentSecret(directory: string): () => string {
 }
 
 async function main(): Promise<void> {
-  const bootstrapConfig = loadAppConfig(process.env, () => 'x'.repeat(32));
   const config = loadAppConfig(
     process.env,
-    developmentSecret(dirname(bootstrapConfig.database.embeddedDirectory)),
+    developmentSecret(dirname(loadCliConfig(process.env).embeddedDirectory)),
   );
   const logger = pino({ level: config.logLevel });
   // The app stops the embedded server itself, after in-flight requests finish.

@@ -20,10 +20,13 @@ export function Page<T extends ReturnType<typeof Type.Object>>(item: T) {
 /**
  * Encodes the sort key of the last row of a page as an opaque cursor. The cursor only says
  * where to continue; it grants nothing (the next query runs under the same tenant's RLS).
+ * Timestamps must keep PostgreSQL's microseconds: select them as text for the key (a JS `Date`
+ * drops them, and rows that differ only there would repeat or be skipped).
  *
  * @example
  * ```ts
- * const next = encodeCursor([row.created_at.toISOString(), row.id]);
+ * // created_at_key: to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+ * const next = encodeCursor([row.created_at_key, row.id]);
  * ```
  */
 export function encodeCursor(values: readonly (string | number)[]): string {
@@ -63,7 +66,7 @@ export function decodeCursor(cursor: string, size: number): (string | number)[] 
  * @example
  * ```ts
  * const rows = await query.limit(limit + 1).execute();
- * return toPage(rows, limit, (row) => [row.created_at.toISOString(), row.id]);
+ * return toPage(rows, limit, (row) => [row.created_at_key, row.id]);
  * ```
  */
 export function toPage<T>(
