@@ -26,6 +26,14 @@ export const errorCodes = Object.freeze({
     status: 500,
     title: 'Tenant table queried outside a tenant context',
   },
+  TENANTRY_ERR_JOB_INVALID: {
+    status: 500,
+    title: 'Job definition, payload or enqueue options are invalid',
+  },
+  TENANTRY_ERR_JOB_NOT_FOUND: {
+    status: 404,
+    title: 'No such job',
+  },
   TENANTRY_ERR_CONTEXT_MISMATCH: {
     status: 500,
     title: 'Nested unit of work names another tenant',

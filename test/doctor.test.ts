@@ -507,7 +507,12 @@ describe('runDoctor finds each hole', () => {
   });
 
   test('only the reviewed Tenantry functions are trusted as SECURITY DEFINER', () => {
-    assert.deepEqual(trustedSecurityDefinerFunctions, ['create_tenant', 'authenticate_api_key']);
+    assert.deepEqual(trustedSecurityDefinerFunctions, [
+      'create_tenant',
+      'authenticate_api_key',
+      'enqueue_job',
+      'enqueue_jobs',
+    ]);
     assert.ok(Object.isFrozen(trustedSecurityDefinerFunctions));
   });
 });

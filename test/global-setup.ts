@@ -1,3 +1,4 @@
+import { jobsMigrationSource } from 'tenantry/jobs';
 import { startTestCluster } from 'tenantry/testing';
 
 let stop: (() => Promise<void>) | undefined;
@@ -7,7 +8,10 @@ export async function globalSetup(): Promise<void> {
     databaseUrl: process.env.TENANTRY_TEST_DATABASE_URL,
     // A separate folder lets two test runs share a machine (each starts its own cluster).
     directory: process.env.TENANTRY_TEST_DIRECTORY ?? '.tenantry/test-postgres',
-    sources: [{ name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname }],
+    sources: [
+      jobsMigrationSource(),
+      { name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname },
+    ],
   }));
 }
 

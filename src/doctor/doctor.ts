@@ -89,12 +89,14 @@ export interface DoctorReport {
  * @example
  * ```ts
  * import { trustedSecurityDefinerFunctions } from 'tenantry';
- * console.log(trustedSecurityDefinerFunctions); // ['create_tenant', 'authenticate_api_key']
+ * console.log(trustedSecurityDefinerFunctions); // ['create_tenant', 'authenticate_api_key', 'enqueue_job', 'enqueue_jobs']
  * ```
  */
 export const trustedSecurityDefinerFunctions: readonly string[] = Object.freeze([
   'create_tenant',
   'authenticate_api_key',
+  'enqueue_job',
+  'enqueue_jobs',
 ]);
 
 const severityOrder = { error: 0, warning: 1 } as const;

@@ -21,6 +21,16 @@ export interface MigrationSource {
   readonly name: string;
   /** Folder holding files named `<number>-<name>.sql` (or `<number>_<name>.sql`). */
   readonly directory: string;
+  /**
+   * Runs before this source's pending files, under the migration lock, with the migrator's
+   * connection string and owner role: for a component that installs its own schema with its own
+   * migrator (the job runner does). It must be idempotent; it runs on every `migrate()`.
+   */
+  readonly before?: (context: {
+    readonly connectionString: string;
+    readonly ownerRole: string;
+    readonly logger: Logger;
+  }) => Promise<void>;
 }
 
 /** Options for {@link migrate}. */
@@ -198,7 +208,21 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
       const done: AppliedMigration[] = [];
       const total = pending.length;
       let position = 0;
-      for (const { source, file } of pending) {
+      // Sources run in order; a source's `before` hook runs even when it has no pending files,
+      // so the component it installs is upgraded with the package.
+      const ordered = plan.flatMap(({ source }) => [
+        { source, file: undefined },
+        ...pending.filter((entry) => entry.source === source),
+      ]);
+      for (const { source, file } of ordered) {
+        if (file === undefined) {
+          await source.before?.({
+            connectionString: options.connectionString,
+            ownerRole: roles.owner,
+            logger,
+          });
+          continue;
+        }
         position++;
         const started = performance.now();
         logger.info(
