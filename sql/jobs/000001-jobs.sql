@@ -4,7 +4,9 @@
 -- - the app role never touches graphile_worker: it enqueues through enqueue_job(s), which take
 --   the tenant from the transaction's context and write it into the job (payload `tenantId`,
 --   flag `tenant:<id>`, key prefix); what the caller passes is kept under payload `data`;
--- - a per-tenant index on the job table, for fair priorities, parking and erasure;
+-- - a per-tenant index on the job table, for fair priorities, parking and erasure, and a trigger
+--   that keeps the outcome the worker settled (retry time, dead letter, parking) from being
+--   overwritten by graphile-worker's own failure update;
 -- - job_completions, written by the worker in a job's own tenant transaction, so a job whose
 --   transaction committed is never applied twice;
 -- - scheduled_job_runs, one row per tenant, schedule and period, so a fan-out never enqueues a
@@ -13,6 +15,31 @@
 
 create index tenantry_jobs_tenant_idx
   on graphile_worker._private_jobs ((payload ->> 'tenantId'));
+
+-- The running jobs, which every worker heartbeat reads (other workers' load per tenant, and the
+-- locks of dead workers to release): a handful of rows however long the queue is.
+create index tenantry_jobs_locked_idx
+  on graphile_worker._private_jobs (locked_by)
+  where locked_by is not null;
+
+-- The worker settles a tenant job's outcome itself (retry time, dead letter, parking), then hands
+-- the job back to graphile-worker as failed with this message. graphile-worker's own failure
+-- update would overwrite that outcome, and would hit the job again if this worker had fetched it
+-- anew in the meantime (a retry due in milliseconds), so it is skipped.
+create function :"tenantry_schema".skip_settled_job_update()
+  returns trigger
+  language plpgsql
+  set search_path = pg_catalog
+  as $fn$
+begin
+  return null;
+end
+$fn$;
+revoke all on function :"tenantry_schema".skip_settled_job_update() from public;
+create trigger tenantry_skip_settled_job_update
+  before update on graphile_worker._private_jobs
+  for each row when (new.last_error = 'TENANTRY_JOB_SETTLED')
+  execute function :"tenantry_schema".skip_settled_job_update();
 
 -- Fair priority: a job's priority is how many jobs its tenant already has waiting (counted up
 -- to 1000), and graphile-worker runs lower priorities first, so a tenant with 10 queued jobs
@@ -43,6 +70,11 @@ begin
   if p_task is null or p_task !~ '^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*$' or length(p_task) > 100 then
     raise exception 'invalid job task name' using errcode = '22023', hint = 'tenantry:job_task_invalid';
   end if;
+  -- Tenantry's own tasks (the schedule fan-out) run with platform rights: a tenant never enqueues them.
+  if p_task like 'tenantry.%' then
+    raise exception 'job task names starting with "tenantry." are reserved'
+      using errcode = '22023', hint = 'tenantry:job_task_invalid';
+  end if;
   if p_max_attempts is null or p_max_attempts not between 1 and 100 then
     raise exception 'max attempts must be between 1 and 100'
       using errcode = '22023', hint = 'tenantry:job_spec_invalid';
@@ -51,12 +83,29 @@ begin
     raise exception 'a job key has 1 to 200 printable characters'
       using errcode = '22023', hint = 'tenantry:job_spec_invalid';
   end if;
-  if p_key_mode not in ('replace', 'preserve_run_at', 'unsafe_dedupe') then
+  if p_key_mode is null or p_key_mode not in ('replace', 'preserve_run_at', 'unsafe_dedupe') then
     raise exception 'invalid job key mode' using errcode = '22023', hint = 'tenantry:job_spec_invalid';
   end if;
 end
 $fn$;
 revoke all on function :"tenantry_schema".check_job_spec(text, integer, text, text) from public;
+
+-- A run time of 'infinity' is how the worker marks parked jobs, and '-infinity' would jump every
+-- queue: neither is a time a tenant may ask for.
+create function :"tenantry_schema".check_job_run_at(p_run_at timestamptz)
+  returns void
+  language plpgsql
+  immutable
+  set search_path = pg_catalog
+  as $fn$
+begin
+  if p_run_at is not null and not isfinite(p_run_at) then
+    raise exception 'a job run time is a finite timestamp'
+      using errcode = '22023', hint = 'tenantry:job_spec_invalid';
+  end if;
+end
+$fn$;
+revoke all on function :"tenantry_schema".check_job_run_at(timestamptz) from public;
 
 -- Enqueues one job for the tenant of the current transaction. The job row is written in the
 -- caller's transaction: it exists if and only if that transaction commits.
@@ -81,6 +130,7 @@ begin
       using errcode = '42501', hint = 'tenantry:context_missing';
   end if;
   perform :"tenantry_schema".check_job_spec(p_task, p_max_attempts, p_key, p_key_mode);
+  perform :"tenantry_schema".check_job_run_at(p_run_at);
   if p_data is null or jsonb_typeof(p_data) <> 'object' then
     raise exception 'a job payload is a JSON object' using errcode = '22023', hint = 'tenantry:job_spec_invalid';
   end if;
@@ -123,6 +173,7 @@ begin
       using errcode = '42501', hint = 'tenantry:context_missing';
   end if;
   perform :"tenantry_schema".check_job_spec(p_task, p_max_attempts, null, 'replace');
+  perform :"tenantry_schema".check_job_run_at(p_run_at);
   if p_data is null or cardinality(p_data) > 10000 then
     raise exception 'enqueue between 0 and 10000 jobs at a time'
       using errcode = '22023', hint = 'tenantry:job_spec_invalid';

@@ -25,7 +25,11 @@ export interface EnqueueOptions {
   readonly schema?: string;
 }
 
-const keyModes = { dedupe: 'unsafe_dedupe', replace: 'replace', 'preserve-run-at': 'preserve_run_at' };
+const keyModes = {
+  dedupe: 'unsafe_dedupe',
+  replace: 'replace',
+  'preserve-run-at': 'preserve_run_at',
+};
 
 /**
  * Enqueues a tenant job in the caller's transaction. The tenant is the one of `db`'s unit of
@@ -128,9 +132,16 @@ function serializePayload(task: string, payload: unknown): string {
   }
 }
 
+// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it rejects
+const controlCharacter = /[\u0000-\u001f\u007f]/;
+
 function parseJobKey(key: unknown): string {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it rejects
-  if (typeof key !== 'string' || key.length === 0 || key.length > 200 || /[\u0000-\u001f\u007f]/.test(key)) {
+  if (
+    typeof key !== 'string' ||
+    key.length === 0 ||
+    key.length > 200 ||
+    controlCharacter.test(key)
+  ) {
     throw new TenantryError(
       'TENANTRY_ERR_JOB_INVALID',
       'A job key is a string of 1 to 200 printable characters.',

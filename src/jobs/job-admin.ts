@@ -83,7 +83,8 @@ export function createJobAdmin(options: {
       join ${runnerSchema}._private_tasks t on t.id = j.task_id`;
   const toInfo = (row: Record<string, any>): JobInfo => {
     const tenantId = typeof row.tenant_id === 'string' ? (row.tenant_id as TenantId) : undefined;
-    const runAt = row.run_at instanceof Date && Number.isFinite(row.run_at.getTime()) ? row.run_at : undefined;
+    const runAt =
+      row.run_at instanceof Date && Number.isFinite(row.run_at.getTime()) ? row.run_at : undefined;
     return Object.freeze({
       id: row.id,
       task: row.task,
@@ -104,7 +105,10 @@ export function createJobAdmin(options: {
     async listJobs(filter: ListJobsOptions = {}) {
       const limit = filter.limit ?? 100;
       if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
-        throw new TenantryError('TENANTRY_ERR_JOB_INVALID', 'limit must be an integer from 1 to 1000.');
+        throw new TenantryError(
+          'TENANTRY_ERR_JOB_INVALID',
+          'limit must be an integer from 1 to 1000.',
+        );
       }
       const states = ['waiting', 'running', 'dead', 'parked'];
       if (filter.state !== undefined && !states.includes(filter.state)) {
@@ -186,7 +190,10 @@ export function createJobAdmin(options: {
 
 function parseJobId(id: unknown): string {
   if (typeof id !== 'string' || !/^[1-9][0-9]{0,18}$/.test(id)) {
-    throw new TenantryError('TENANTRY_ERR_JOB_INVALID', `A job id is a positive integer, got ${JSON.stringify(id)}.`);
+    throw new TenantryError(
+      'TENANTRY_ERR_JOB_INVALID',
+      `A job id is a positive integer, got ${JSON.stringify(id)}.`,
+    );
   }
   return id;
 }

@@ -1,7 +1,7 @@
 import { Logger as GraphileLogger } from 'graphile-worker';
 import pg from 'pg';
 import { parseIdentifier } from '../config.ts';
-import type { Logger } from '../logger.ts';
+import { type Logger, summarizeError } from '../logger.ts';
 
 /** The schema graphile-worker's tables live in. */
 export const runnerSchema = 'graphile_worker';
@@ -29,10 +29,46 @@ export function createRunnerPool(
   return pool;
 }
 
-/** Routes graphile-worker's log lines to an injected logger (debug and info stay at debug). */
+/**
+ * The failure message of a job the worker already settled; a trigger on the job table
+ * (sql/jobs/000001-jobs.sql) skips the runner's own failure update carrying it.
+ */
+export const settledJobMessage = 'TENANTRY_JOB_SETTLED';
+
+/**
+ * How a tenant job hands its outcome back to the runner after settling the job row itself
+ * (retry scheduled, dead-lettered, parked): not a failure of the runner's.
+ */
+export class JobOutcome extends Error {
+  override readonly name = 'JobOutcome';
+  /** What the worker did with the job, for the logs. */
+  readonly outcome: string;
+
+  constructor(outcome: string) {
+    super(settledJobMessage);
+    this.outcome = outcome;
+  }
+}
+
+/**
+ * Routes graphile-worker's log lines to an injected logger (debug and info stay at debug). The
+ * job row it attaches is reduced to its id and task, so payloads (tenant data) never reach the
+ * logs; the runner's "failed task" line for a {@link JobOutcome} is debug, Tenantry logs those.
+ */
 export function toRunnerLogger(logger: Logger): GraphileLogger {
   return new GraphileLogger((scope) => (level, message, meta) => {
-    const fields = { runner: 'graphile-worker', ...scope, ...(meta ?? {}) };
+    const { job, error, ...rest } = (meta ?? {}) as { job?: unknown; error?: unknown };
+    const fields: Record<string, unknown> = { runner: 'graphile-worker', ...scope, ...rest };
+    if (typeof job === 'object' && job !== null) {
+      const row = job as { id?: unknown; task_identifier?: unknown };
+      fields.jobId = String(row.id);
+      fields.task = row.task_identifier;
+    }
+    if (error instanceof JobOutcome) {
+      logger.debug({ ...fields, outcome: error.outcome }, message);
+      return;
+    }
+    if (error !== undefined) fields.error = summarizeError(error);
     if (level === 'error') logger.error(fields, message);
     else if (level === 'warning') logger.warn(fields, message);
     else logger.debug(fields, message);

@@ -6,7 +6,9 @@ import {
   parseCronItems,
   type Runner,
   run,
+  type Task,
   type TaskList,
+  type WorkerPool,
 } from 'graphile-worker';
 import { sql } from 'kysely';
 import type pg from 'pg';
@@ -14,8 +16,8 @@ import {
   defaultTenantrySchema,
   parseIdentifier,
   quoteIdentifier,
-  resolveRoleNames,
   type RoleNames,
+  resolveRoleNames,
 } from '../config.ts';
 import { TenantryError } from '../errors.ts';
 import { type Logger, silentLogger, summarizeError } from '../logger.ts';
@@ -24,7 +26,13 @@ import type { Tenantry } from '../tenantry.ts';
 import type { JobDefinition } from './define-job.ts';
 import { enqueueJob } from './enqueue.ts';
 import { retryDelayMs } from './retry-delay.ts';
-import { createRunnerPool, runnerSchema, toRunnerLogger, withFields } from './runner-support.ts';
+import {
+  createRunnerPool,
+  JobOutcome,
+  runnerSchema,
+  toRunnerLogger,
+  withFields,
+} from './runner-support.ts';
 
 /** How many jobs of one tenant may run at once; the quotas layer plugs its plans in here. */
 export interface TenantJobLimits {
@@ -72,7 +80,11 @@ export interface JobWorkerOptions<DB> {
   readonly heartbeatIntervalMs?: number;
   /** A worker silent this long is dead: its running jobs are released to others. @defaultValue 30000 */
   readonly staleWorkerAfterMs?: number;
-  /** On stop, how long running jobs get before their abort signal fires. @defaultValue 10000 */
+  /**
+   * On stop, how long running jobs get before their abort signal fires. Jobs still running at
+   * twice this plus a second are released back to the queue and `stop()` returns.
+   * @defaultValue 10000
+   */
   readonly shutdownGraceMs?: number;
   /** How long completion records and schedule periods are kept. @defaultValue 7 days */
   readonly retentionMs?: number;
@@ -114,16 +126,16 @@ export interface JobWorker {
   health(): JobWorkerHealth;
   /** Enqueues a schedule's jobs for `period` now (what the cron trigger does). Idempotent per period. */
   runSchedule(name: string, period: Date): Promise<FanOutResult>;
-  /** Waits for running jobs (aborting them after `shutdownGraceMs`), then closes the worker. */
+  /**
+   * Stops fetching jobs and waits for the running ones (their abort signal fires after
+   * `shutdownGraceMs`; those still running at twice that plus a second go back to the queue),
+   * then closes the worker. Heartbeats go on meanwhile, so other workers leave its jobs alone.
+   */
   stop(): Promise<void>;
 }
 
 const fanOutTask = 'tenantry.fan-out';
 const scheduleNamePattern = /^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)*$/;
-
-class JobOutcome extends Error {
-  override readonly name = 'JobOutcome';
-}
 
 /**
  * Starts a worker that runs tenant jobs. Each job runs in `tenantry.withTenant(job's tenant)` on
@@ -157,8 +169,14 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
   const pollIntervalMs = positiveInteger(options.pollIntervalMs ?? 1000, 'pollIntervalMs');
   const baseDelayMs = positiveInteger(options.retry?.baseDelayMs ?? 1000, 'retry.baseDelayMs');
   const maxDelayMs = positiveInteger(options.retry?.maxDelayMs ?? 3_600_000, 'retry.maxDelayMs');
-  const heartbeatIntervalMs = positiveInteger(options.heartbeatIntervalMs ?? 5000, 'heartbeatIntervalMs');
-  const staleWorkerAfterMs = positiveInteger(options.staleWorkerAfterMs ?? 30_000, 'staleWorkerAfterMs');
+  const heartbeatIntervalMs = positiveInteger(
+    options.heartbeatIntervalMs ?? 5000,
+    'heartbeatIntervalMs',
+  );
+  const staleWorkerAfterMs = positiveInteger(
+    options.staleWorkerAfterMs ?? 30_000,
+    'staleWorkerAfterMs',
+  );
   if (staleWorkerAfterMs <= heartbeatIntervalMs * 2) {
     throw new TenantryError(
       'TENANTRY_ERR_CONFIG_INVALID',
@@ -182,14 +200,21 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
   }
   const schedules = new Map<string, JobSchedule>();
   for (const schedule of options.schedules ?? []) {
-    if (typeof schedule.name !== 'string' || schedule.name.length > 100 || !scheduleNamePattern.test(schedule.name)) {
+    if (
+      typeof schedule.name !== 'string' ||
+      schedule.name.length > 100 ||
+      !scheduleNamePattern.test(schedule.name)
+    ) {
       throw new TenantryError(
         'TENANTRY_ERR_JOB_INVALID',
         `A schedule name is lowercase words joined by dots, at most 100 characters; got ${JSON.stringify(schedule.name)}.`,
       );
     }
     if (schedules.has(schedule.name)) {
-      throw new TenantryError('TENANTRY_ERR_JOB_INVALID', `Two schedules are named "${schedule.name}".`);
+      throw new TenantryError(
+        'TENANTRY_ERR_JOB_INVALID',
+        `Two schedules are named "${schedule.name}".`,
+      );
     }
     if (!definitions.has(schedule.job.name)) {
       throw new TenantryError(
@@ -220,7 +245,11 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
     );
   }
 
-  const pool = createRunnerPool(options.connectionString, roles.owner, Math.min(concurrency + 2, 20));
+  const pool = createRunnerPool(
+    options.connectionString,
+    roles.owner,
+    Math.min(concurrency + 2, 20),
+  );
   const query = async <R extends pg.QueryResultRow>(
     text: string,
     values: unknown[] = [],
@@ -228,11 +257,14 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
 
   // --- per-tenant limits: exact within this worker, refreshed from the job table across workers.
   const running = new Map<string, number>();
+  // Jobs of a tenant this worker holds, running or waiting for a slot: counted from the moment
+  // the runner hands a job over, so the next fetch already skips a tenant at its limit.
+  const claimed = new Map<string, number>();
   const remoteRunning = new Map<string, number>();
   const released = new EventEmitter();
   released.setMaxListeners(0);
   const limitCache = new Map<string, { value: number; expiresAt: number }>();
-  const statusCache = new Map<string, { value: string | undefined; expiresAt: number }>();
+  const activeUntil = new Map<string, number>();
   const limitOf = (tenantId: string): number => limitCache.get(tenantId)?.value ?? limits.fallback;
   const refreshLimit = async (tenantId: string): Promise<number> => {
     const cached = limitCache.get(tenantId);
@@ -241,29 +273,34 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
     try {
       value = Math.max(1, Math.floor(await limits.of(tenantId as TenantId)));
     } catch (error) {
-      logger.warn({ tenantId, error: summarizeError(error) }, 'tenant job limit lookup failed; using the default');
+      logger.warn(
+        { tenantId, error: summarizeError(error) },
+        'tenant job limit lookup failed; using the default',
+      );
     }
     if (limitCache.size > 10_000) limitCache.clear();
     limitCache.set(tenantId, { value, expiresAt: Date.now() + limitsCacheMs });
     return value;
   };
+  // Only "active" is cached: a job resumed right after its tenant was reactivated must not be
+  // parked again on a stale "suspended".
   const tenantStatus = async (tenantId: string): Promise<string | undefined> => {
-    const cached = statusCache.get(tenantId);
-    if (cached !== undefined && cached.expiresAt > Date.now()) return cached.value;
+    if ((activeUntil.get(tenantId) ?? 0) > Date.now()) return 'active';
     const result = await query<{ status: string }>(
       `select status from ${t}.tenants where id = $1`,
       [tenantId],
     );
     const value = result.rows[0]?.status;
-    if (statusCache.size > 10_000) statusCache.clear();
-    statusCache.set(tenantId, { value, expiresAt: Date.now() + limitsCacheMs });
+    if (activeUntil.size > 10_000) activeUntil.clear();
+    if (value === 'active') activeUntil.set(tenantId, Date.now() + limitsCacheMs);
+    else activeUntil.delete(tenantId);
     return value;
   };
   const forbiddenFlags = (): string[] | null => {
     const flags: string[] = [];
-    const tenants = new Set([...running.keys(), ...remoteRunning.keys()]);
+    const tenants = new Set([...claimed.keys(), ...remoteRunning.keys()]);
     for (const tenantId of tenants) {
-      const busy = (running.get(tenantId) ?? 0) + (remoteRunning.get(tenantId) ?? 0);
+      const busy = (claimed.get(tenantId) ?? 0) + (remoteRunning.get(tenantId) ?? 0);
       if (busy >= limitOf(tenantId)) flags.push(`tenant:${tenantId}`);
     }
     return flags.length === 0 ? null : flags;
@@ -277,6 +314,14 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
     }
     running.set(tenantId, (running.get(tenantId) ?? 0) + 1);
   };
+  const claim = (tenantId: string): void => {
+    claimed.set(tenantId, (claimed.get(tenantId) ?? 0) + 1);
+  };
+  const unclaim = (tenantId: string): void => {
+    const left = (claimed.get(tenantId) ?? 1) - 1;
+    if (left <= 0) claimed.delete(tenantId);
+    else claimed.set(tenantId, left);
+  };
   const releaseSlot = (tenantId: string): void => {
     const left = (running.get(tenantId) ?? 1) - 1;
     if (left <= 0) running.delete(tenantId);
@@ -285,6 +330,8 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
   };
 
   const counters = { completed: 0, retried: 0, deadLettered: 0, parked: 0 };
+  let inFlight = 0;
+  const settled = new EventEmitter();
   let status: JobWorkerHealth['status'] = 'starting';
   let workerId: string | undefined;
   let lastHeartbeatAt: Date | undefined;
@@ -314,7 +361,12 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
     const jobId = String(job.id);
     const record = rawPayload as { tenantId?: unknown; data?: unknown } | null;
     const tenantId = typeof record?.tenantId === 'string' ? record.tenantId : undefined;
-    const baseLog = withFields(logger, { jobId, task: definition.name, attempt: job.attempts, tenantId });
+    const baseLog = withFields(logger, {
+      jobId,
+      task: definition.name,
+      attempt: job.attempts,
+      tenantId,
+    });
     if (tenantId === undefined || !isUuid(tenantId)) {
       counters.deadLettered++;
       baseLog.error({}, 'job has no tenant in its record; dead-lettered');
@@ -323,85 +375,103 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
       ]);
       throw new JobOutcome('dead-lettered');
     }
-    const tenantState = await tenantStatus(tenantId);
-    if (tenantState !== 'active') {
-      if (tenantState === 'moving') {
-        counters.retried++;
-        await settle(jobId, job.locked_by, `attempts = greatest(attempts - 1, 0), run_at = now() + interval '5 seconds', last_error = $3`, [
-          'TENANTRY: tenant is moving; retrying shortly',
-        ]);
-        throw new JobOutcome('deferred');
-      }
-      counters.parked++;
-      const reason = `TENANTRY_PARKED: tenant is ${tenantState ?? 'deleted'}`;
-      baseLog.warn({ reason }, 'job parked');
-      await settle(
-        jobId,
-        job.locked_by,
-        `attempts = greatest(attempts - 1, 0), run_at = 'infinity', last_error = $3`,
-        [reason],
-      );
-      throw new JobOutcome('parked');
-    }
-    await acquireSlot(tenantId);
-    const started = performance.now();
-    let duplicate = false;
+    claim(tenantId);
     try {
-      await tenantry.withTenant(tenantId, async (db) => {
-        const marker = await sql<{ job_id: string }>`
-          insert into ${sql.id(schema, 'job_completions')} (job_id, task)
-          values (${jobId}::bigint, ${definition.name})
-          on conflict do nothing returning job_id`.execute(db);
-        if (marker.rows.length === 0) {
-          duplicate = true;
-          return;
+      const tenantState = await tenantStatus(tenantId);
+      if (tenantState !== 'active') {
+        if (tenantState === 'moving') {
+          counters.retried++;
+          await settle(
+            jobId,
+            job.locked_by,
+            `attempts = greatest(attempts - 1, 0), run_at = now() + interval '5 seconds', last_error = $3`,
+            ['TENANTRY: tenant is moving; retrying shortly'],
+          );
+          throw new JobOutcome('deferred');
         }
-        let payload: unknown;
-        try {
-          payload = definition.parse(record?.data);
-        } catch (error) {
-          throw new PayloadRejected(error);
-        }
-        await definition.run(payload, {
-          tenantId: tenantId as TenantId,
-          db,
+        counters.parked++;
+        const reason = `TENANTRY_PARKED: tenant is ${tenantState ?? 'deleted'}`;
+        baseLog.warn({ reason }, 'job parked');
+        // Re-checked in the update itself: a tenant reactivated (and its parked jobs resumed)
+        // since the read above must not find this job parked afterwards.
+        await settle(
           jobId,
-          attempt: job.attempts,
-          maxAttempts: job.max_attempts,
-          key: typeof job.key === 'string' ? job.key.slice(tenantId.length + 1) : undefined,
-          logger: baseLog,
-          signal: helpers.abortSignal,
-        });
-      });
-    } catch (error) {
-      const durationMs = Math.round(performance.now() - started);
-      const message = `${error instanceof Error ? error.name : 'Error'}: ${
-        error instanceof Error ? error.message : String(error)
-      }`.slice(0, 2000);
-      if (error instanceof PayloadRejected || job.attempts >= job.max_attempts) {
-        counters.deadLettered++;
-        baseLog.error({ durationMs, error: summarizeError(error) }, 'job failed for good; dead-lettered');
-        await settle(jobId, job.locked_by, 'attempts = max_attempts, last_error = $3', [message]);
-        throw new JobOutcome('dead-lettered');
+          job.locked_by,
+          `attempts = greatest(attempts - 1, 0), last_error = $3,
+           run_at = case when exists (select 1 from ${t}.tenants where id = $4::uuid and status = 'active')
+                         then now() else 'infinity' end`,
+          [reason, tenantId],
+        );
+        throw new JobOutcome('parked');
       }
-      const delayMs = retryDelayMs(job.attempts, { baseDelayMs, maxDelayMs });
-      counters.retried++;
-      baseLog.warn({ durationMs, delayMs, error: summarizeError(error) }, 'job failed; will retry');
-      await settle(
-        jobId,
-        job.locked_by,
-        `run_at = now() + $3::integer * interval '1 millisecond', last_error = $4`,
-        [delayMs, message],
+      await acquireSlot(tenantId);
+      const started = performance.now();
+      let duplicate = false;
+      try {
+        await tenantry.withTenant(tenantId, async (db) => {
+          const marker = await sql<{ job_id: string }>`
+            insert into ${sql.id(schema, 'job_completions')} (job_id, task)
+            values (${jobId}::bigint, ${definition.name})
+            on conflict do nothing returning job_id`.execute(db);
+          if (marker.rows.length === 0) {
+            duplicate = true;
+            return;
+          }
+          let payload: unknown;
+          try {
+            payload = definition.parse(record?.data);
+          } catch (error) {
+            throw new PayloadRejected(error);
+          }
+          await definition.run(payload, {
+            tenantId: tenantId as TenantId,
+            db,
+            jobId,
+            attempt: job.attempts,
+            maxAttempts: job.max_attempts,
+            key: typeof job.key === 'string' ? job.key.slice(tenantId.length + 1) : undefined,
+            logger: baseLog,
+            signal: helpers.abortSignal,
+          });
+        });
+      } catch (error) {
+        const durationMs = Math.round(performance.now() - started);
+        const message = `${error instanceof Error ? error.name : 'Error'}: ${
+          error instanceof Error ? error.message : String(error)
+        }`.slice(0, 2000);
+        if (error instanceof PayloadRejected || job.attempts >= job.max_attempts) {
+          counters.deadLettered++;
+          baseLog.error(
+            { durationMs, error: summarizeError(error) },
+            'job failed for good; dead-lettered',
+          );
+          await settle(jobId, job.locked_by, 'attempts = max_attempts, last_error = $3', [message]);
+          throw new JobOutcome('dead-lettered');
+        }
+        const delayMs = retryDelayMs(job.attempts, { baseDelayMs, maxDelayMs });
+        counters.retried++;
+        baseLog.warn(
+          { durationMs, delayMs, error: summarizeError(error) },
+          'job failed; will retry',
+        );
+        await settle(
+          jobId,
+          job.locked_by,
+          `run_at = now() + $3::integer * interval '1 millisecond', last_error = $4`,
+          [delayMs, message],
+        );
+        throw new JobOutcome('retrying');
+      } finally {
+        releaseSlot(tenantId);
+      }
+      counters.completed++;
+      baseLog.debug(
+        { durationMs: Math.round(performance.now() - started), duplicate },
+        duplicate ? 'job already completed; removed' : 'job completed',
       );
-      throw new JobOutcome('retrying');
     } finally {
-      releaseSlot(tenantId);
+      unclaim(tenantId);
     }
-    counters.completed++;
-    baseLog.debug(
-      { durationMs: Math.round(performance.now() - started), duplicate },
-      duplicate ? 'job already completed; removed' : 'job completed',
-    );
   };
 
   const fanOut = async (name: string, period: Date): Promise<FanOutResult> => {
@@ -410,7 +480,10 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
       throw new TenantryError('TENANTRY_ERR_JOB_INVALID', `No schedule is named "${name}".`);
     }
     if (!(period instanceof Date) || Number.isNaN(period.getTime())) {
-      throw new TenantryError('TENANTRY_ERR_JOB_INVALID', 'A schedule period must be a valid Date.');
+      throw new TenantryError(
+        'TENANTRY_ERR_JOB_INVALID',
+        'A schedule period must be a valid Date.',
+      );
     }
     const result = { schedule: name, period, tenants: 0, enqueued: 0, skipped: 0, failed: 0 };
     const log = withFields(logger, { schedule: name, period: period.toISOString() });
@@ -444,7 +517,9 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
               });
               await sql`
                 update ${sql.id(schema, 'scheduled_job_runs')} set job_id = ${jobId}::bigint
-                 where schedule = ${name} and period = ${period.toISOString()}::timestamptz`.execute(db);
+                 where schedule = ${name} and period = ${period.toISOString()}::timestamptz`.execute(
+                db,
+              );
               return true;
             });
             if (enqueued) result.enqueued++;
@@ -461,24 +536,40 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
     return Object.freeze(result);
   };
 
+  const tracked =
+    (task: Task): Task =>
+    async (payload, helpers) => {
+      inFlight++;
+      try {
+        await task(payload, helpers);
+      } finally {
+        if (--inFlight === 0) settled.emit('idle');
+      }
+    };
   const taskList: TaskList = {};
   for (const definition of definitions.values()) {
-    taskList[definition.name] = (payload, helpers) => runTenantJob(definition, payload, helpers);
+    taskList[definition.name] = tracked((payload, helpers) =>
+      runTenantJob(definition, payload, helpers),
+    );
   }
-  taskList[fanOutTask] = async (payload) => {
+  taskList[fanOutTask] = tracked(async (payload) => {
     const record = payload as { schedule?: unknown; _cron?: { ts?: unknown } };
     if (typeof record.schedule !== 'string' || typeof record._cron?.ts !== 'string') {
       throw new Error('fan-out job without a schedule and period');
     }
     const outcome = await fanOut(record.schedule, new Date(record._cron.ts));
     if (outcome.failed > 0) {
-      throw new Error(`fan-out of "${record.schedule}" failed for ${outcome.failed} tenants; retrying them`);
+      throw new Error(
+        `fan-out of "${record.schedule}" failed for ${outcome.failed} tenants; retrying them`,
+      );
     }
-  };
+  });
 
   const events = new EventEmitter();
-  events.on('pool:create', ({ workerPool }: { workerPool: { id: string } }) => {
-    workerId = workerPool.id;
+  let workerPool: Pick<WorkerPool, 'id' | 'forcefulShutdown'> | undefined;
+  events.on('pool:create', (event: { workerPool: WorkerPool }) => {
+    workerPool = event.workerPool;
+    workerId = event.workerPool.id;
   });
   let runner: Runner;
   try {
@@ -502,7 +593,10 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
   if (workerId === undefined) {
     await runner.stop().catch(() => undefined);
     await pool.end().catch(() => undefined);
-    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'The job runner did not report its worker id.');
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      'The job runner did not report its worker id.',
+    );
   }
   const id = workerId;
 
@@ -514,17 +608,28 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
         [id, hostname(), process.pid],
       );
       lastHeartbeatAt = new Date();
+      // Dead workers: silent too long, or holding locks older than that without ever having
+      // recorded a heartbeat (killed between fetching a job and their first heartbeat).
       const swept = await query<{ worker_id: string }>(
         `with stale as (
            delete from ${t}.job_workers
             where last_seen_at < now() - $1::integer * interval '1 millisecond' and worker_id <> $2
-           returning worker_id)
-         select worker_id from stale, lateral (
-           select ${runnerSchema}.force_unlock_workers(array[stale.worker_id])) unlocked`,
+           returning worker_id),
+         unregistered as (
+           select distinct j.locked_by as worker_id from ${runnerSchema}._private_jobs j
+            where j.locked_by is not null and j.locked_by <> $2
+              and j.locked_at < now() - $1::integer * interval '1 millisecond'
+              and not exists (select 1 from ${t}.job_workers w where w.worker_id = j.locked_by)),
+         dead as (select worker_id from stale union select worker_id from unregistered)
+         select worker_id from dead, lateral (
+           select ${runnerSchema}.force_unlock_workers(array[dead.worker_id])) unlocked`,
         [staleWorkerAfterMs, id],
       );
       if (swept.rows.length > 0) {
-        logger.warn({ workers: swept.rows.map((row) => row.worker_id) }, 'released the jobs of dead workers');
+        logger.warn(
+          { workers: swept.rows.map((row) => row.worker_id) },
+          'released the jobs of dead workers',
+        );
       }
       const busy = await query<{ tenant_id: string; jobs: number }>(
         `select payload ->> 'tenantId' as tenant_id, count(*)::integer as jobs
@@ -553,17 +658,29 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
       logger.warn({ error: summarizeError(error) }, 'job maintenance failed');
     }
   };
+  let beating: Promise<void> | undefined;
+  const beat = (): void => {
+    beating ??= heartbeat().finally(() => {
+      beating = undefined;
+    });
+  };
   await heartbeat();
-  const heartbeatTimer = setInterval(heartbeat, heartbeatIntervalMs);
+  const heartbeatTimer = setInterval(beat, heartbeatIntervalMs);
   heartbeatTimer.unref();
-  const limitsTimer = setInterval(() => {
-    for (const tenantId of running.keys()) void refreshLimit(tenantId);
-  }, Math.max(limitsCacheMs, 250));
+  const limitsTimer = setInterval(
+    () => {
+      for (const tenantId of running.keys()) void refreshLimit(tenantId);
+    },
+    Math.max(limitsCacheMs, 250),
+  );
   limitsTimer.unref();
   const maintenanceTimer = setInterval(maintenance, 600_000);
   maintenanceTimer.unref();
   status = 'running';
-  logger.info({ workerId: id, concurrency, jobs: [...definitions.keys()], schedules: [...schedules.keys()] }, 'job worker started');
+  logger.info(
+    { workerId: id, concurrency, jobs: [...definitions.keys()], schedules: [...schedules.keys()] },
+    'job worker started',
+  );
 
   let stopping: Promise<void> | undefined;
   return Object.freeze({
@@ -584,14 +701,24 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
     stop(): Promise<void> {
       stopping ??= (async () => {
         status = 'stopping';
-        clearInterval(heartbeatTimer);
         clearInterval(limitsTimer);
         clearInterval(maintenanceTimer);
         logger.info({ workerId: id }, 'job worker stopping');
         const graceful = runner.stop('stop requested');
-        const deadline = setTimeout(() => {
-          void runner.kill('shutdown grace period over').catch(() => undefined);
-        }, shutdownGraceMs * 2 + 1000);
+        // runner.kill() does nothing once stop() has begun, so a handler that ignores its abort
+        // signal would hold stop() forever: past the deadline its job is released to the queue.
+        const deadline = setTimeout(
+          () => {
+            logger.warn(
+              { workerId: id, running: inFlight },
+              'jobs outlived the shutdown grace period; releasing them',
+            );
+            void Promise.resolve(workerPool?.forcefulShutdown('shutdown grace period over')).catch(
+              () => undefined,
+            );
+          },
+          shutdownGraceMs * 2 + 1000,
+        );
         try {
           await graceful;
         } catch (error) {
@@ -599,8 +726,24 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
         } finally {
           clearTimeout(deadline);
         }
-        await query(`delete from ${t}.job_workers where worker_id = $1`, [id]).catch(() => undefined);
-        await pool.end().catch(() => undefined);
+        // Heartbeats go on while running jobs finish, or another worker would take this one for
+        // dead and run its jobs a second time; one still in flight would record it again after
+        // the delete.
+        clearInterval(heartbeatTimer);
+        await beating;
+        await query(`delete from ${t}.job_workers where worker_id = $1`, [id]).catch(
+          () => undefined,
+        );
+        // A released job whose handler still runs settles its row through this pool when it ends,
+        // and the runner reports the outcome right after, in the same turn of the event loop.
+        if (inFlight > 0) {
+          void once(settled, 'idle')
+            .then(() => new Promise((resolve) => setImmediate(resolve)))
+            .then(() => pool.end())
+            .catch(() => undefined);
+        } else {
+          await pool.end().catch(() => undefined);
+        }
         status = 'stopped';
         logger.info({ workerId: id, ...counters }, 'job worker stopped');
       })();
@@ -612,7 +755,10 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
 class PayloadRejected extends Error {
   override readonly name = 'PayloadRejected';
   constructor(cause: unknown) {
-    super(`the job payload was rejected by the definition's parse(): ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+    super(
+      `the job payload was rejected by the definition's parse(): ${cause instanceof Error ? cause.message : String(cause)}`,
+      { cause },
+    );
   }
 }
 
