@@ -14,10 +14,13 @@ import {
   tenantryFastify,
 } from 'tenantry/fastify';
 import { authRoutes } from './auth/auth.routes.ts';
+import type { BroadcastJobs } from './broadcasts/broadcast.jobs.ts';
+import { broadcastsRoutes } from './broadcasts/broadcasts.routes.ts';
 import type { AuthConfig } from './config.ts';
 import { contactsRoutes } from './contacts/contacts.routes.ts';
 import { conversationsRoutes } from './conversations/conversations.routes.ts';
 import type { AppDatabase } from './database.ts';
+import { digestsRoutes } from './digests/digests.routes.ts';
 import { healthRoutes } from './health/health.routes.ts';
 import type { AppInstance, AppServices } from './http/types.ts';
 import { tagsRoutes } from './tags/tags.routes.ts';
@@ -46,6 +49,11 @@ export interface BuildAppOptions {
   readonly webhookToleranceSec?: number;
   /** Fastify's logger option (pino options, or false). @defaultValue false */
   readonly logger?: FastifyServerOptions['logger'];
+  /**
+   * The jobs new broadcasts enqueue (`setupJobs()` output). Without it the `/broadcasts` routes
+   * are not served.
+   */
+  readonly jobs?: { readonly broadcasts: Pick<BroadcastJobs, 'dispatch'> } | undefined;
 }
 
 /** Routes that need a workspace are served at `/v1/...` and at `/t/<workspace>/v1/...`. */
@@ -53,11 +61,12 @@ const tenantPrefixes = ['/v1', '/t/:workspace/v1'] as const;
 
 /**
  * Builds the reference backend: the Tenantry plugin, OpenAPI document and UI, health probes,
- * auth and workspaces, and the CRM and messaging API. Closing the app closes the pools.
+ * auth and workspaces, the CRM and messaging API, broadcasts and digests. Closing the app closes
+ * the pools (not the jobs' own: see `setupJobs()`).
  *
  * @example
  * ```ts
- * const app = await buildApp({ tenantry, directory, auth, pendingMigrations });
+ * const app = await buildApp({ tenantry, directory, auth, pendingMigrations, jobs });
  * const response = await app.inject({ method: 'GET', url: '/healthz' });
  * ```
  */
@@ -151,6 +160,14 @@ export async function buildApp(options: BuildAppOptions): Promise<AppInstance> {
     await app.register(tagsRoutes, { ...services, prefix });
     await app.register(conversationsRoutes, { ...services, prefix });
     await app.register(templatesRoutes, { ...services, prefix });
+    await app.register(digestsRoutes, { ...services, prefix });
+    if (options.jobs !== undefined) {
+      await app.register(broadcastsRoutes, {
+        ...services,
+        prefix,
+        dispatchJob: options.jobs.broadcasts.dispatch,
+      });
+    }
   }
   return app;
 }

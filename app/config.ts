@@ -46,6 +46,24 @@ export interface AppConfig {
   readonly logLevel: string;
   /** Largest pool of the app role. @defaultValue 10 (`DB_POOL_MAX`) */
   readonly maxConnections: number;
+  /** The job worker started in the app's process, on the app role's pool. */
+  readonly worker: {
+    /**
+     * `inprocess`, or `off` when workers run elsewhere (`tenantry worker --jobs app/jobs.ts`).
+     * @defaultValue 'inprocess' (`TENANTRY_WORKER`)
+     */
+    readonly mode: 'inprocess' | 'off';
+    /**
+     * Jobs run at once; each holds one of the app pool's connections while it runs.
+     * @defaultValue 4 (`TENANTRY_WORKER_CONCURRENCY`)
+     */
+    readonly concurrency: number;
+  };
+  /**
+   * Share of new deliveries the default channel provider fails, 0 to 1, to exercise retries.
+   * @defaultValue 0 (`TENANTRY_CHANNEL_FAILURE_RATE`)
+   */
+  readonly channelFailureRate: number;
 }
 
 function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number) {
@@ -56,6 +74,19 @@ function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: nu
     throw new TenantryError(
       'TENANTRY_ERR_CONFIG_INVALID',
       `${name} must be an integer between ${min} and ${max}, got "${raw}".`,
+    );
+  }
+  return value;
+}
+
+function fraction(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!/^\s*[0-9.]+\s*$/.test(raw) || !Number.isFinite(value) || value < 0 || value > 1) {
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      `${name} must be a number from 0 to 1, got "${raw}".`,
     );
   }
   return value;
@@ -125,6 +156,13 @@ export function loadAppConfig(
       `AUTH_MODE must be "local" or "external", got "${mode}".`,
     );
   }
+  const workerMode = text(env, 'TENANTRY_WORKER') ?? 'inprocess';
+  if (workerMode !== 'inprocess' && workerMode !== 'off') {
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      `TENANTRY_WORKER must be "inprocess" or "off", got "${workerMode}".`,
+    );
+  }
   return Object.freeze({
     database: loadCliConfig(env, cwd),
     port,
@@ -137,5 +175,10 @@ export function loadAppConfig(
     internalSecret: text(env, 'TENANTRY_INTERNAL_SECRET'),
     logLevel: text(env, 'LOG_LEVEL') ?? 'info',
     maxConnections: integer(env, 'DB_POOL_MAX', 10, 1, 1000),
+    worker: Object.freeze({
+      mode: workerMode,
+      concurrency: integer(env, 'TENANTRY_WORKER_CONCURRENCY', 4, 1, 100),
+    }),
+    channelFailureRate: fraction(env, 'TENANTRY_CHANNEL_FAILURE_RATE', 0),
   });
 }

@@ -3,6 +3,15 @@ import type { ColumnType, Generated } from 'kysely';
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
 type TenantId = Generated<string>;
 
+/** Where a broadcast is: created, its batches being sent, or every recipient settled. */
+export type BroadcastStatus = 'queued' | 'sending' | 'completed' | 'failed';
+
+/** Where one recipient of a broadcast is. */
+export type RecipientStatus = 'pending' | 'sent' | 'failed';
+
+/** A value for a template placeholder: fixed text, or a field of each recipient contact. */
+export type BroadcastVariable = string | { readonly contact: 'name' | 'phone' | 'email' };
+
 /** Tables of the reference app as Kysely sees them (migrations in `app/migrations`). */
 export interface AppDatabase {
   contacts: {
@@ -82,6 +91,53 @@ export interface AppDatabase {
     status_code: number | null;
     response: ColumnType<unknown, string | null, string | null>;
     created_at: Generated<Date>;
+  };
+  broadcasts: {
+    tenant_id: TenantId;
+    id: Generated<string>;
+    name: string;
+    template_id: string;
+    body: string;
+    variables: ColumnType<BroadcastVariable[], string, string>;
+    tag_ids: string[];
+    status: Generated<BroadcastStatus>;
+    created_by: string | null;
+    recipient_count: Generated<number>;
+    sent_count: Generated<number>;
+    failed_count: Generated<number>;
+    created_at: Generated<Date>;
+    started_at: Date | null;
+    completed_at: Date | null;
+  };
+  broadcast_recipients: {
+    tenant_id: TenantId;
+    broadcast_id: string;
+    contact_id: string;
+    status: Generated<RecipientStatus>;
+    attempts: Generated<number>;
+    provider_message_id: string | null;
+    last_error: string | null;
+    sent_at: Date | null;
+  };
+  channel_deliveries: {
+    tenant_id: TenantId;
+    id: Generated<string>;
+    idempotency_key: string;
+    contact_id: string;
+    channel: string;
+    to_address: string;
+    body: string;
+    created_at: Generated<Date>;
+  };
+  conversation_digests: {
+    tenant_id: TenantId;
+    /** A `date`: select it as text (`day::text`), a JavaScript Date would shift it by the time zone. */
+    day: string;
+    conversations_opened: number;
+    conversations_active: number;
+    messages_in: number;
+    messages_out: number;
+    computed_at: Generated<Date>;
   };
   'auth.users': {
     id: Generated<string>;

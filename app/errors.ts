@@ -27,6 +27,10 @@ export const appErrorCodes = Object.freeze({
     status: 422,
     title: 'Template variables do not fit the template',
   },
+  APP_ERR_BROADCAST_NO_RECIPIENTS: {
+    status: 422,
+    title: 'No contact has any of the broadcast tags',
+  },
 } as const);
 
 /** A reference-app error code such as `APP_ERR_EMAIL_TAKEN`. */

@@ -12,9 +12,11 @@ import {
   prepareDatabase,
   requireAppUrl,
 } from 'tenantry';
+import { createJobWorker, type JobWorker, jobsMigrationSource } from 'tenantry/jobs';
 import { buildApp } from './app.ts';
 import { loadAppConfig } from './config.ts';
 import type { AppDatabase } from './database.ts';
+import { setupJobs } from './jobs.ts';
 import { seedDemo } from './seed.ts';
 
 const migrationsDirectory = new URL('./migrations/', import.meta.url).pathname;
@@ -46,8 +48,9 @@ async function main(): Promise<void> {
   // The app stops the embedded server itself, after in-flight requests finish.
   const database = await prepareDatabase({ ...config.database, stopOnSignal: false }, logger);
   let stopping = false;
+  let worker: JobWorker | undefined;
   try {
-    const sources = [{ name: 'app', directory: migrationsDirectory }];
+    const sources = [jobsMigrationSource(), { name: 'app', directory: migrationsDirectory }];
     const summary = await migrate({ connectionString: database.adminUrl, sources, logger });
     logger.info(
       { applied: summary.applied.length, upToDate: summary.upToDate },
@@ -60,6 +63,12 @@ async function main(): Promise<void> {
       logger,
     });
     const directory = await createTenantDirectory({ connectionString: appUrl, logger });
+    const jobs = await setupJobs({
+      tenantry,
+      appConnectionString: appUrl,
+      logger,
+      config: { channelFailureRate: config.channelFailureRate },
+    });
     const app = await buildApp({
       tenantry,
       directory,
@@ -69,7 +78,18 @@ async function main(): Promise<void> {
       internalSecret: config.internalSecret,
       webhookToleranceSec: config.webhookToleranceSec,
       logger: { level: config.logLevel },
+      jobs,
     });
+    if (config.worker.mode === 'inprocess') {
+      worker = await createJobWorker({
+        tenantry,
+        connectionString: database.adminUrl,
+        jobs: jobs.jobs,
+        schedules: jobs.schedules,
+        concurrency: config.worker.concurrency,
+        logger,
+      });
+    }
 
     const shutdown = async (signal: string) => {
       if (stopping) {
@@ -77,9 +97,12 @@ async function main(): Promise<void> {
         process.exit(1);
       }
       stopping = true;
-      logger.info({ signal }, 'shutting down: no new requests, finishing in-flight ones');
+      logger.info({ signal }, 'shutting down: finishing running jobs, then in-flight requests');
       try {
+        // Running jobs finish on the app's Tenantry, which closing the app closes.
+        await worker?.stop();
         await app.close();
+        await jobs.close();
       } finally {
         await database.stop();
       }
@@ -106,11 +129,15 @@ async function main(): Promise<void> {
         `  TOKEN=$(curl -s ${url}/auth/login -H 'content-type: application/json' \\`,
         `    -d '{"email":"${demo.email}","password":"${demo.password}"}' | node -pe 'JSON.parse(require("fs").readFileSync(0)).accessToken')`,
         `  curl -s ${url}/v1/contacts -H "authorization: Bearer $TOKEN"`,
+        '  # broadcasts (POST /v1/broadcasts {name, templateId, tagIds}) and their progress:',
+        `  curl -s ${url}/v1/broadcasts -H "authorization: Bearer $TOKEN"`,
         '',
       );
     }
     process.stdout.write(`${lines.join('\n')}\n`);
   } catch (error) {
+    // The worker polls until stopped; left running it would keep the process alive.
+    await worker?.stop();
     await database.stop();
     throw error;
   }

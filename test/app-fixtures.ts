@@ -5,14 +5,17 @@ import {
   createMigrationCheck,
   createTenantDirectory,
   createTenantry,
+  silentLogger,
   type TenantDirectory,
   type Tenantry,
 } from 'tenantry';
+import { jobsMigrationSource } from 'tenantry/jobs';
 import { createTestDatabase, type TestDatabase } from 'tenantry/testing';
 import { buildApp } from '../app/app.ts';
 import type { AuthConfig } from '../app/config.ts';
 import type { AppDatabase } from '../app/database.ts';
 import type { AppInstance } from '../app/http/types.ts';
+import { type AppJobs, setupJobs } from '../app/jobs.ts';
 import { withClient } from './fixtures.ts';
 
 /** A reference app on a private database clone, driven through `app.inject()`. */
@@ -22,6 +25,8 @@ export interface TestApp {
   readonly tenantry: Tenantry<AppDatabase>;
   readonly directory: TenantDirectory;
   readonly auth: AuthConfig & { readonly mode: 'local' };
+  /** The app's jobs (no worker runs them unless a test starts one). */
+  readonly jobs: AppJobs;
   /** Closes the app (and its pools) and drops the database. */
   close(): Promise<void>;
 }
@@ -54,17 +59,24 @@ export async function createTestApp(
     accessTokenTtlSec: 900,
     refreshTokenTtlSec: 3600,
   });
+  const jobs = await setupJobs({
+    tenantry,
+    appConnectionString: database.appUrl,
+    logger: silentLogger,
+  });
   const app = await buildApp({
     tenantry,
     directory,
     auth,
     pendingMigrations: await createMigrationCheck({
       sources: [
+        jobsMigrationSource(),
         { name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname },
       ],
     }),
     webhookToleranceSec: overrides.webhookToleranceSec ?? 300,
     baseDomain: overrides.baseDomain,
+    jobs,
   });
   await app.ready();
   return {
@@ -73,8 +85,10 @@ export async function createTestApp(
     tenantry,
     directory,
     auth,
+    jobs,
     async close() {
       await app.close();
+      await jobs.close();
       await database.drop();
     },
   };

@@ -22,6 +22,10 @@ export const referenceTenantTables = Object.freeze([
   'contact_search_terms',
   'contact_attribute_terms',
   'conversation_search_terms',
+  'broadcasts',
+  'broadcast_recipients',
+  'channel_deliveries',
+  'conversation_digests',
 ]);
 
 /** Ids of the rows {@link seedTenant} created. */
@@ -101,9 +105,46 @@ export async function seedTenant(
       .insertInto('workspace_settings')
       .values({ inbound_webhook_secret: `${slug}-webhook-secret` })
       .execute();
-    await db
+    const template = await db
       .insertInto('message_templates')
       .values({ name: `${slug}_welcome`, body: `Welcome to ${slug}` })
+      .returning('id')
+      .executeTakeFirstOrThrow();
+    const broadcast = await db
+      .insertInto('broadcasts')
+      .values({
+        name: `${slug} broadcast`,
+        template_id: template.id,
+        body: `Welcome to ${slug}`,
+        variables: '[]',
+        tag_ids: [tag.id],
+        created_by: userId,
+      })
+      .returning('id')
+      .executeTakeFirstOrThrow();
+    await db
+      .insertInto('broadcast_recipients')
+      .values({ broadcast_id: broadcast.id, contact_id: contact.id })
+      .execute();
+    await db
+      .insertInto('channel_deliveries')
+      .values({
+        idempotency_key: `broadcast:${broadcast.id}:${contact.id}`,
+        contact_id: contact.id,
+        channel: 'whatsapp',
+        to_address: `+1555${slug}`,
+        body: `${slug} secret delivery`,
+      })
+      .execute();
+    await db
+      .insertInto('conversation_digests')
+      .values({
+        day: '2026-01-01',
+        conversations_opened: 1,
+        conversations_active: 1,
+        messages_in: 1,
+        messages_out: 0,
+      })
       .execute();
     await db
       .insertInto('idempotency_keys')

@@ -1,0 +1,104 @@
+import { createTenantry, type Logger, type Tenantry } from 'tenantry';
+import type { JobDefinition, JobSchedule } from 'tenantry/jobs';
+import { type BroadcastJobs, createBroadcastJobs } from './broadcasts/broadcast.jobs.ts';
+import {
+  type ChannelProvider,
+  createDatabaseChannelProvider,
+} from './channels/channel-provider.ts';
+import type { AppDatabase } from './database.ts';
+import { conversationDigestJob, conversationDigestSchedule } from './digests/digest.jobs.ts';
+
+/** Settings of the app's jobs. */
+export interface AppJobsConfig {
+  /**
+   * Share of new deliveries the default channel provider fails, from 0 to 1
+   * (`TENANTRY_CHANNEL_FAILURE_RATE`). Ignored with `channelProvider`. @defaultValue 0
+   */
+  readonly channelFailureRate?: number;
+  /** Sends through this provider instead of the default database one. */
+  readonly channelProvider?: ChannelProvider;
+  /** Recipients per `broadcast.send-batch` job. @defaultValue 100 */
+  readonly broadcastBatchSize?: number;
+  /** Attempts of each `broadcast.send-batch` job. @defaultValue 10 */
+  readonly broadcastSendAttempts?: number;
+}
+
+/** What {@link setupJobs} needs: the same shape `tenantry worker --jobs app/jobs.ts` passes. */
+export interface AppJobsContext {
+  /** The app-role Tenantry instance the worker runs the jobs on. */
+  readonly tenantry: Tenantry<AppDatabase>;
+  /** The app role's connection string; the default channel provider opens its own pool on it. */
+  readonly appConnectionString: string;
+  readonly logger: Logger;
+  readonly config?: AppJobsConfig;
+}
+
+/** The app's job definitions and schedules, and what they opened. */
+export interface AppJobs {
+  /** Every job a worker of this app runs. */
+  // biome-ignore lint/suspicious/noExplicitAny: definitions of different payload types in one list
+  readonly jobs: readonly JobDefinition<any, AppDatabase>[];
+  /** `conversation-digest`: `digest.daily` for every active workspace at 03:00 UTC. */
+  readonly schedules: readonly JobSchedule[];
+  /** The broadcast jobs; `buildApp({ jobs })` enqueues `broadcasts.dispatch`. */
+  readonly broadcasts: BroadcastJobs;
+  /** Closes the default channel provider's pool. Call it after the worker stopped. */
+  close(): Promise<void>;
+}
+
+/**
+ * Builds the reference app's jobs: the broadcast jobs on a channel provider (by default one that
+ * records deliveries in `channel_deliveries` through a small Tenantry instance of its own, so each
+ * delivery commits independently of the job, like a call to an external system) and the nightly
+ * conversation digest with its schedule. `tenantry worker --jobs app/jobs.ts` calls it.
+ *
+ * @example
+ * ```ts
+ * const jobs = await setupJobs({ tenantry, appConnectionString: appUrl, logger });
+ * const worker = await createJobWorker({ tenantry, connectionString: adminUrl, jobs: jobs.jobs, schedules: jobs.schedules });
+ * // on shutdown:
+ * await worker.stop();
+ * await jobs.close();
+ * ```
+ */
+export async function setupJobs(context: AppJobsContext): Promise<AppJobs> {
+  const config = context.config ?? {};
+  let deliveries: Tenantry<Pick<AppDatabase, 'channel_deliveries'>> | undefined;
+  let broadcasts: BroadcastJobs;
+  try {
+    let provider = config.channelProvider;
+    if (provider === undefined) {
+      deliveries = await createTenantry<Pick<AppDatabase, 'channel_deliveries'>>({
+        connectionString: context.appConnectionString,
+        maxConnections: 4,
+        tenantTables: ['channel_deliveries'],
+        logger: context.logger,
+      });
+      provider = createDatabaseChannelProvider({
+        tenantry: deliveries,
+        ...(config.channelFailureRate === undefined
+          ? {}
+          : { failureRate: config.channelFailureRate }),
+      });
+    }
+    broadcasts = createBroadcastJobs({
+      provider,
+      ...(config.broadcastBatchSize === undefined ? {} : { batchSize: config.broadcastBatchSize }),
+      ...(config.broadcastSendAttempts === undefined
+        ? {}
+        : { sendAttempts: config.broadcastSendAttempts }),
+    });
+  } catch (error) {
+    await deliveries?.close();
+    throw error;
+  }
+  const opened = deliveries;
+  return Object.freeze({
+    jobs: Object.freeze([broadcasts.dispatch, broadcasts.sendBatch, conversationDigestJob]),
+    schedules: Object.freeze([conversationDigestSchedule]),
+    broadcasts,
+    close: async () => {
+      await opened?.close();
+    },
+  });
+}
