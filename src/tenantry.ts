@@ -23,6 +23,13 @@ import { StatementCache } from './statement-cache.ts';
 import { createTenantGuardPlugin } from './tenant-guard.ts';
 import { parseTenantId, parseUserId, type TenantId, type UserId } from './tenant-id.ts';
 
+/**
+ * Internal to the package (not exported from the index): `tenantry[setCommitStatement](sql,
+ * values)` inside a unit of work sends that statement with the unit's COMMIT, in one round trip.
+ * `Symbol.for` so a second copy of the package still recognises it.
+ */
+export const setCommitStatement: unique symbol = Symbol.for('tenantry.setCommitStatement');
+
 /** The tenant (and optionally the user) a unit of work runs for. */
 export interface TenantContext {
   readonly tenantId: TenantId;
@@ -313,6 +320,7 @@ class UnitOfWork implements DatabaseConnection {
   #streaming = false;
   #broken = false;
   readonly #savepointStack: { name: string; failure: unknown }[] = [];
+  #commitStatement: { readonly sql: string; readonly values: readonly unknown[] } | undefined;
 
   readonly #statements: StatementCache | undefined;
 
@@ -334,6 +342,22 @@ class UnitOfWork implements DatabaseConnection {
 
   get isOpen(): boolean {
     return this.#state !== 'closed';
+  }
+
+  /**
+   * A statement sent with the COMMIT, in the same round trip; if it fails, the server skips the
+   * COMMIT and the unit rolls back. The job worker settles a job this way, atomically with the
+   * job's work.
+   */
+  setCommitStatement(sql: string, values: readonly unknown[]): void {
+    this.#assertUsable();
+    if (this.#oneShot) {
+      throw new TenantryError(
+        'TENANTRY_ERR_ONE_SHOT_SECOND_QUERY',
+        'A one-shot unit of work runs exactly one query; use withTenant() for more.',
+      );
+    }
+    this.#commitStatement = { sql, values };
   }
 
   /** Whether a statement was sent, so the unit holds a connection and a transaction. */
@@ -563,18 +587,40 @@ class UnitOfWork implements DatabaseConnection {
       this.#state = 'closed';
       return;
     }
-    if (this.#state === 'idle') {
+    const commitStatement = this.#commitStatement;
+    if (this.#state === 'idle' && commitStatement === undefined) {
       // Only autocommitted reads ran; a failed one still fails the unit.
       const failure = await this.#settle();
       this.#state = 'closed';
       if (failure !== undefined) throw rolledBack(failure);
       return;
     }
+    const begun = this.#state === 'begun';
     const failure = await this.#settle();
     this.#state = 'closed';
     if (failure !== undefined) {
-      await client.query('rollback');
+      if (begun) await client.query('rollback');
       throw rolledBack(failure);
+    }
+    if (commitStatement !== undefined) {
+      let outcome: Awaited<ReturnType<ContextStatement['run']>>;
+      try {
+        outcome = await new ContextStatement(
+          begun ? [] : this.#prefix,
+          commitStatement.sql,
+          commitStatement.values as unknown[],
+          ['commit'],
+          this.#statements,
+        ).run(client);
+      } catch (error) {
+        // The server skipped the COMMIT after the error, leaving the transaction aborted.
+        await client.query('rollback').catch(() => {
+          this.#broken = true;
+        });
+        throw toTenantryError(error);
+      }
+      if (outcome.commands.at(-1) !== 'COMMIT') throw rolledBack(undefined);
+      return;
     }
     let result: pg.QueryResult;
     try {
@@ -599,6 +645,8 @@ class UnitOfWork implements DatabaseConnection {
   async end(commit: boolean, cause?: unknown): Promise<void> {
     if (this.#ended) return;
     this.#ended = true;
+    // A unit whose only statement is its commit statement still has to send it.
+    if (commit && this.#commitStatement !== undefined && this.#state === 'idle') this.#connect();
     const connecting = this.#connecting;
     if (connecting === undefined) {
       this.#state = 'closed';
@@ -923,6 +971,16 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
     },
     currentContext() {
       return currentUnit()?.context;
+    },
+    [setCommitStatement](sql: string, values: readonly unknown[]): void {
+      const unit = currentUnit();
+      if (unit === undefined) {
+        throw new TenantryError(
+          'TENANTRY_ERR_CONTEXT_MISSING',
+          'A commit statement can only be set inside a unit of work.',
+        );
+      }
+      unit.setCommitStatement(sql, values);
     },
     async close() {
       await db.destroy();

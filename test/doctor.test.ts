@@ -512,6 +512,7 @@ describe('runDoctor finds each hole', () => {
       'authenticate_api_key',
       'enqueue_job',
       'enqueue_jobs',
+      'complete_job',
     ]);
     assert.ok(Object.isFrozen(trustedSecurityDefinerFunctions));
   });

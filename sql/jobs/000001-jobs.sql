@@ -7,8 +7,8 @@
 -- - a per-tenant index on the job table, for fair priorities, parking and erasure, and a trigger
 --   that keeps the outcome the worker settled (retry time, dead letter, parking) from being
 --   overwritten by graphile-worker's own failure update;
--- - job_completions, written by the worker in a job's own tenant transaction, so a job whose
---   transaction committed is never applied twice;
+-- - complete_job(), sent with each job's COMMIT, so a job's row is deleted in the same
+--   transaction as its work: a job whose work committed is never run again;
 -- - scheduled_job_runs, one row per tenant, schedule and period, so a fan-out never enqueues a
 --   tenant's job twice for the same period;
 -- - job_workers, the worker heartbeats that let a live worker release a dead one's jobs.
@@ -198,16 +198,30 @@ revoke all on function :"tenantry_schema".enqueue_jobs(text, jsonb[], timestampt
 grant execute on function :"tenantry_schema".enqueue_jobs(text, jsonb[], timestamptz, integer)
   to :"app_role";
 
-create table :"tenantry_schema".job_completions (
-  tenant_id uuid not null,
-  job_id bigint not null,
-  task text not null,
-  completed_at timestamptz not null default now(),
-  primary key (tenant_id, job_id)
-);
-select :"tenantry_schema".enable_tenant_isolation(:'tenantry_schema' || '.job_completions');
-create index job_completions_completed_at_idx on :"tenantry_schema".job_completions (completed_at);
-revoke update, delete on :"tenantry_schema".job_completions from :"app_role";
+-- Completes a job inside its own tenant transaction: the worker sends it with the job's COMMIT,
+-- so the job row disappears if and only if the job's work commits. It refuses (and so aborts the
+-- COMMIT) when the job is no longer held by that worker: a worker taken for dead, whose job was
+-- released and picked up again, cannot commit the same work a second time. The app role can
+-- only remove a job of its current tenant that the named worker holds.
+create function :"tenantry_schema".complete_job(p_job_id bigint, p_worker text)
+  returns void
+  language plpgsql
+  security definer
+  set search_path = pg_catalog
+  as $fn$
+begin
+  delete from graphile_worker._private_jobs j
+   where j.id = p_job_id
+     and j.locked_by = p_worker
+     and j.payload ->> 'tenantId' = :"tenantry_schema".current_tenant_id()::text;
+  if not found then
+    raise exception 'job % is not held by worker %', p_job_id, p_worker
+      using errcode = '55000', hint = 'tenantry:job_not_held';
+  end if;
+end
+$fn$;
+revoke all on function :"tenantry_schema".complete_job(bigint, text) from public;
+grant execute on function :"tenantry_schema".complete_job(bigint, text) to :"app_role";
 
 create table :"tenantry_schema".scheduled_job_runs (
   tenant_id uuid not null,

@@ -89,7 +89,7 @@ export interface DoctorReport {
  * @example
  * ```ts
  * import { trustedSecurityDefinerFunctions } from 'tenantry';
- * console.log(trustedSecurityDefinerFunctions); // ['create_tenant', 'authenticate_api_key', 'enqueue_job', 'enqueue_jobs']
+ * console.log(trustedSecurityDefinerFunctions); // ['create_tenant', 'authenticate_api_key', 'enqueue_job', 'enqueue_jobs', 'complete_job']
  * ```
  */
 export const trustedSecurityDefinerFunctions: readonly string[] = Object.freeze([
@@ -97,6 +97,7 @@ export const trustedSecurityDefinerFunctions: readonly string[] = Object.freeze(
   'authenticate_api_key',
   'enqueue_job',
   'enqueue_jobs',
+  'complete_job',
 ]);
 
 const severityOrder = { error: 0, warning: 1 } as const;

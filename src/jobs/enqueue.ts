@@ -175,7 +175,8 @@ function toEnqueueError(error: unknown): unknown {
   return error;
 }
 
-function findHint(error: unknown): string | undefined {
+/** The `hint` of the database error behind `error`, if any (Tenantry's own refusals set one). */
+export function findHint(error: unknown): string | undefined {
   for (let current = error, depth = 0; current !== undefined && depth < 5; depth++) {
     if (typeof current !== 'object' || current === null) return undefined;
     const hint = (current as { hint?: unknown }).hint;

@@ -22,9 +22,9 @@ import {
 import { TenantryError } from '../errors.ts';
 import { type Logger, silentLogger, summarizeError } from '../logger.ts';
 import { isUuid, type TenantId } from '../tenant-id.ts';
-import type { Tenantry } from '../tenantry.ts';
+import { setCommitStatement, type Tenantry } from '../tenantry.ts';
 import type { JobDefinition } from './define-job.ts';
-import { enqueueJob } from './enqueue.ts';
+import { enqueueJob, findHint } from './enqueue.ts';
 import { retryDelayMs } from './retry-delay.ts';
 import {
   createRunnerPool,
@@ -86,7 +86,7 @@ export interface JobWorkerOptions<DB> {
    * @defaultValue 10000
    */
   readonly shutdownGraceMs?: number;
-  /** How long completion records and schedule periods are kept. @defaultValue 7 days */
+  /** How long schedule periods (`scheduled_job_runs`) are kept. @defaultValue 7 days */
   readonly retentionMs?: number;
   /** Schema of Tenantry's objects. @defaultValue 'tenantry' */
   readonly schema?: string;
@@ -352,6 +352,20 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
     );
   };
 
+  const completeSql = `select ${t}.complete_job($1::bigint, $2::text)`;
+  const setCommit = (tenantry as unknown as Record<symbol, unknown>)[setCommitStatement];
+  // The job row is deleted with the job's COMMIT, in the same round trip. A Tenantry instance
+  // from another copy of the package lacks the hook: the statement then runs on its own, last.
+  const completeWithCommit = (db: unknown, values: readonly unknown[]): Promise<void> | void => {
+    if (typeof setCommit === 'function') {
+      setCommit.call(tenantry, completeSql, values);
+      return;
+    }
+    return sql`select ${sql.id(schema, 'complete_job')}(${values[0]}::bigint, ${values[1]}::text)`
+      .execute(db as Parameters<ReturnType<typeof sql>['execute']>[0])
+      .then(() => undefined);
+  };
+
   const runTenantJob = async (
     definition: JobDefinition<any, DB>,
     rawPayload: unknown,
@@ -406,17 +420,9 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
       }
       await acquireSlot(tenantId);
       const started = performance.now();
-      let duplicate = false;
+      const completion = [jobId, job.locked_by];
       try {
         await tenantry.withTenant(tenantId, async (db) => {
-          const marker = await sql<{ job_id: string }>`
-            insert into ${sql.id(schema, 'job_completions')} (job_id, task)
-            values (${jobId}::bigint, ${definition.name})
-            on conflict do nothing returning job_id`.execute(db);
-          if (marker.rows.length === 0) {
-            duplicate = true;
-            return;
-          }
           let payload: unknown;
           try {
             payload = definition.parse(record?.data);
@@ -433,8 +439,15 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
             logger: baseLog,
             signal: helpers.abortSignal,
           });
+          await completeWithCommit(db, completion);
         });
       } catch (error) {
+        if (findHint(error) === 'tenantry:job_not_held') {
+          // Released meanwhile (this worker was taken for dead): the job's work rolled back, and
+          // whoever holds the job now runs it.
+          baseLog.warn({}, 'job no longer held by this worker; its work was rolled back');
+          throw new JobOutcome('lost');
+        }
         const durationMs = Math.round(performance.now() - started);
         const message = `${error instanceof Error ? error.name : 'Error'}: ${
           error instanceof Error ? error.message : String(error)
@@ -465,10 +478,7 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
         releaseSlot(tenantId);
       }
       counters.completed++;
-      baseLog.debug(
-        { durationMs: Math.round(performance.now() - started), duplicate },
-        duplicate ? 'job already completed; removed' : 'job completed',
-      );
+      baseLog.debug({ durationMs: Math.round(performance.now() - started) }, 'job completed');
     } finally {
       unclaim(tenantId);
     }
@@ -646,10 +656,6 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
   };
   const maintenance = async (): Promise<void> => {
     try {
-      await query(
-        `delete from ${t}.job_completions where completed_at < now() - $1::bigint * interval '1 millisecond'`,
-        [retentionMs],
-      );
       await query(
         `delete from ${t}.scheduled_job_runs where period < now() - $1::bigint * interval '1 millisecond'`,
         [retentionMs],
