@@ -4,6 +4,7 @@
 const benchmarks: Record<string, () => Promise<{ run: () => Promise<void> }>> = {
   context: () => import('./context.ts'),
   http: () => import('./http.ts'),
+  jobs: () => import('./jobs.ts'),
   search: () => import('./search.ts'),
 };
 

@@ -1,11 +1,15 @@
-import { Command, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { formatDoctorReport, runDoctor } from '../doctor/doctor.ts';
 import { isTenantryError } from '../errors.ts';
+import { jobsMigrationSource } from '../jobs/index.ts';
 import { migrate } from '../migrations/migrate.ts';
 import { createTenantry } from '../tenantry.ts';
 import { loadCliConfig } from './config.ts';
 import { createConsoleLogger } from './console-logger.ts';
 import { type PreparedDatabase, prepareDatabase, requireAppUrl } from './database.ts';
+import { addJobCommands } from './job-commands.ts';
+import { UsageError } from './usage-error.ts';
+import { addWorkerCommand } from './worker-command.ts';
 
 const config = loadCliConfig();
 const logger = createConsoleLogger(config.logLevel);
@@ -29,7 +33,7 @@ async function withDatabase<T>(fn: (database: PreparedDatabase) => Promise<T>): 
 async function applyMigrations(database: PreparedDatabase, directory: string) {
   const summary = await migrate({
     connectionString: database.adminUrl,
-    sources: [{ name: 'app', directory }],
+    sources: [jobsMigrationSource(), { name: 'app', directory }],
     logger,
   });
   const applied = summary.applied.length;
@@ -45,7 +49,9 @@ async function applyMigrations(database: PreparedDatabase, directory: string) {
 const program = new Command()
   .name('tenantry')
   .description('Multi-tenant PostgreSQL with database-enforced isolation.')
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // Before the commands are added, so they inherit it: usage errors end up in the catch below.
+  .exitOverride();
 
 program
   .command('setup')
@@ -58,7 +64,7 @@ program
 
 program
   .command('migrate')
-  .description("Apply Tenantry's migrations, then the application's.")
+  .description("Apply Tenantry's migrations (core, then jobs), then the application's.")
   .addOption(
     new Option('--dir <path>', 'application migration folder').default(config.migrationsDirectory),
   )
@@ -106,15 +112,24 @@ program
     });
   });
 
+addWorkerCommand(program, config, logger);
+addJobCommands(program, withDatabase);
+
 try {
   await program.parseAsync();
 } catch (error) {
-  if (isTenantryError(error)) {
-    process.stderr.write(`tenantry: ${error.message} [${error.code}]\n`);
+  if (error instanceof CommanderError) {
+    // Commander printed the message (and help); a command line it refused is a usage error.
+    process.exitCode = error.exitCode === 0 ? 0 : 2;
+  } else if (error instanceof UsageError) {
+    process.stderr.write(`tenantry: ${error.message}\n`);
+    process.exitCode = 2;
   } else {
     process.stderr.write(
-      `tenantry: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+      isTenantryError(error)
+        ? `tenantry: ${error.message} [${error.code}]\n`
+        : `tenantry: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
     );
+    process.exitCode = 1;
   }
-  process.exitCode = 1;
 }
