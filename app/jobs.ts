@@ -1,5 +1,5 @@
 import { createTenantry, type Logger, type Tenantry } from 'tenantry';
-import type { JobDefinition, JobSchedule } from 'tenantry/jobs';
+import type { JobDefinition, JobSchedule, JobsModuleContext, JobsModuleSetup } from 'tenantry/jobs';
 import { type BroadcastJobs, createBroadcastJobs } from './broadcasts/broadcast.jobs.ts';
 import {
   type ChannelProvider,
@@ -102,3 +102,6 @@ export async function setupJobs(context: AppJobsContext): Promise<AppJobs> {
     },
   });
 }
+
+// The contract `tenantry worker --jobs app/jobs.ts` loads this module by.
+setupJobs satisfies (context: JobsModuleContext) => Promise<JobsModuleSetup>;

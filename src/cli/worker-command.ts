@@ -4,40 +4,14 @@ import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { type Command, Option } from 'commander';
-import {
-  createJobWorker,
-  type JobDefinition,
-  type JobSchedule,
-  type JobWorker,
-  type TenantJobLimits,
-} from '../jobs/index.ts';
+import { createJobWorker, type JobWorker } from '../jobs/index.ts';
+import type { JobsModuleContext, JobsModuleSetup } from '../jobs/jobs-module.ts';
 import { type Logger, summarizeError } from '../logger.ts';
 import { createTenantry, type Tenantry } from '../tenantry.ts';
 import type { CliConfig } from './config.ts';
 import { type PreparedDatabase, prepareDatabase, requireAppUrl } from './database.ts';
 import { integerOption } from './job-commands.ts';
 import { UsageError } from './usage-error.ts';
-
-/** What `tenantry worker` hands to a jobs module's `setupJobs()`. */
-export interface JobsModuleContext {
-  /** The app-role Tenantry instance the worker runs every tenant job on. */
-  // biome-ignore lint/suspicious/noExplicitAny: the module's database type is its own
-  readonly tenantry: Tenantry<any>;
-  /** The app role's connection string, for resources of the module's own (never the owner's). */
-  readonly appConnectionString: string;
-  readonly logger: Logger;
-}
-
-/** What a jobs module's `setupJobs()` resolves to. */
-export interface JobsModuleSetup {
-  // biome-ignore lint/suspicious/noExplicitAny: definitions of any payload and database type
-  readonly jobs: readonly JobDefinition<any, any>[];
-  readonly schedules?: readonly JobSchedule[];
-  /** Used unless `--tenant-concurrency` is given. */
-  readonly tenantConcurrency?: number | TenantJobLimits;
-  /** Closes what `setupJobs()` opened; called after the worker stopped. */
-  close?(): Promise<void> | void;
-}
 
 interface WorkerCommandOptions {
   readonly jobs: string;

@@ -12,6 +12,7 @@ export {
   type JobState,
   type ListJobsOptions,
 } from './job-admin.ts';
+export type { JobsModuleContext, JobsModuleSetup } from './jobs-module.ts';
 export { jobsMigrationSource, jobsMigrationsDirectory } from './migration-source.ts';
 export { retryDelayMs } from './retry-delay.ts';
 export {
