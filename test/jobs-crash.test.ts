@@ -16,6 +16,7 @@ import {
   createTenant,
   gate,
   jobRows,
+  recordingLogger,
   startWorker,
   waitFor,
 } from './jobs-fixtures/helpers.ts';
@@ -48,6 +49,14 @@ async function worker(options: Parameters<typeof startWorker>[2]): Promise<JobWo
   const started = await startWorker(tenantry, database.adminUrl, options);
   workers.push(started);
   return started;
+}
+
+async function tagNames(tenantId: string): Promise<string[]> {
+  const rows = await admin.query<{ name: string }>(
+    'select name from tags where tenant_id = $1 order by name',
+    [tenantId],
+  );
+  return rows.map((row) => row.name);
 }
 
 async function tagCount(tenantId: string, name: string): Promise<number> {
@@ -104,42 +113,96 @@ test('a job whose worker process is killed mid-job runs again elsewhere, its eff
   });
   assert.deepEqual(runs, [{ tenantId, attempt: 2, jobId: id }]);
   assert.equal(await tagCount(tenantId, crashEffectTag), 1);
-  const completions = await admin.query(
-    'select tenant_id::text from tenantry.job_completions where job_id = $1',
-    [id],
-  );
-  assert.deepEqual(completions, [{ tenant_id: tenantId }]);
   const heartbeats = await admin.query('select 1 from tenantry.job_workers where worker_id = $1', [
     childWorkerId,
   ]);
   assert.equal(heartbeats.length, 0, "the dead worker's heartbeat row is swept");
 });
 
-test('a job whose completion is already recorded is not run again, and is removed', async () => {
-  const tenantId = await createTenant(admin, 'completed');
-  const ran: string[] = [];
-  const job = defineJob<{ name: string }, ReferenceDatabase>('crash.completed', {
-    async run({ name }, ctx) {
-      ran.push(name);
-      await ctx.db.insertInto('tags').values({ name }).execute();
-    },
+/**
+ * A worker taken for dead while its job still runs (a long pause, a partition): its job is
+ * released and picked up by another worker; when the first one wakes up and tries to commit, the
+ * commit is refused and its work rolled back, whether the new holder is still running or done.
+ */
+for (const holder of ['still running', 'done'] as const) {
+  test(`a worker taken for dead cannot commit its run of a job another worker holds (holder ${holder})`, async () => {
+    const tenantId = await createTenant(admin, 'zombie');
+    const zombieStarted = gate();
+    const zombieRelease = gate();
+    const holderStarted = gate();
+    const holderRelease = gate();
+    if (holder === 'done') holderRelease.open();
+    const runs: number[] = [];
+    const job = defineJob<Record<string, never>, ReferenceDatabase>(
+      holder === 'done' ? 'crash.zombie-late' : 'crash.zombie-early',
+      {
+        async run(_payload, ctx) {
+          runs.push(ctx.attempt);
+          await ctx.db
+            .insertInto('tags')
+            .values({ name: `zombie-${ctx.attempt}` })
+            .execute();
+          if (ctx.attempt === 1) {
+            zombieStarted.open();
+            await zombieRelease.promise;
+          } else {
+            holderStarted.open();
+            await holderRelease.promise;
+          }
+        },
+      },
+    );
+    const id = await tenantry.withTenant(tenantId, (db) => enqueueJob(db, job, {}));
+    const zombieLog = recordingLogger();
+    const lostJobs = () =>
+      zombieLog.lines
+        .filter((line) => line.message?.startsWith('job no longer held'))
+        .map((line) => (line.fields as { jobId?: string }).jobId);
+    const zombie = await worker({ jobs: [job], concurrency: 1, logger: zombieLog.logger });
+    await waitFor('the first worker to start the job', () => zombieStarted.opened);
+    assert.equal((await jobRows(admin, job.name))[0]?.locked_by, zombie.workerId);
+
+    // What a live worker does to one whose heartbeats stopped.
+    await admin.query('select graphile_worker.force_unlock_workers(array[$1::text])', [
+      zombie.workerId,
+    ]);
+    const next = await worker({ jobs: [job] });
+    await waitFor('the second worker to start the released job', () => holderStarted.opened);
+    if (holder === 'done') {
+      await waitFor(
+        'the new holder to complete the job',
+        async () => (await jobRows(admin, job.name)).length === 0,
+      );
+      assert.deepEqual(await tagNames(tenantId), ['zombie-2']);
+    } else {
+      const [row] = await jobRows(admin, job.name);
+      assert.equal(row?.locked_by, next.workerId);
+    }
+
+    zombieRelease.open();
+    await waitFor(
+      "the first worker's unit of work to end",
+      () => zombie.health().running === 0 && zombie.health().completed + lostJobs().length > 0,
+    );
+    assert.equal(zombie.health().completed, 0, 'the worker taken for dead committed its run');
+    assert.deepEqual(lostJobs(), [id]);
+    assert.ok(!(await tagNames(tenantId)).includes('zombie-1'), "the zombie's work rolled back");
+    if (holder === 'still running') {
+      const [row] = await jobRows(admin, job.name);
+      assert.equal(row?.locked_by, next.workerId, 'the job stays with its new holder');
+      holderRelease.open();
+      await waitFor(
+        'the new holder to complete the job',
+        async () => (await jobRows(admin, job.name)).length === 0,
+      );
+    }
+    await Promise.all([zombie.stop(), next.stop()]);
+    assert.deepEqual(runs, [1, 2]);
+    assert.deepEqual(await tagNames(tenantId), ['zombie-2']);
+    assert.equal(next.health().completed, 1);
+    assert.equal((await jobRows(admin, job.name)).length, 0);
   });
-  const done = await tenantry.withTenant(tenantId, (db) => enqueueJob(db, job, { name: 'done' }));
-  await tenantry.withTenant(tenantId, (db) => enqueueJob(db, job, { name: 'fresh' }));
-  await admin.query(
-    'insert into tenantry.job_completions (tenant_id, job_id, task) values ($1, $2, $3)',
-    [tenantId, done, job.name],
-  );
-  const running = await worker({ jobs: [job] });
-  await waitFor(
-    'both jobs to be removed',
-    async () => (await jobRows(admin, job.name)).length === 0,
-  );
-  await running.stop();
-  assert.deepEqual(ran, ['fresh']);
-  assert.equal(await tagCount(tenantId, 'done'), 0);
-  assert.equal(await tagCount(tenantId, 'fresh'), 1);
-});
+}
 
 test('jobs locked by a worker that never recorded a heartbeat are released once stale', async () => {
   const tenantId = await createTenant(admin, 'orphan');

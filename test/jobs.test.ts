@@ -24,6 +24,7 @@ import {
   createTenant,
   gate,
   jobRows,
+  recordingLogger,
   startWorker,
   waitFor,
 } from './jobs-fixtures/helpers.ts';
@@ -176,8 +177,6 @@ describe('enqueue', () => {
         'insert job_workers',
         `insert into tenantry.job_workers (worker_id, host, pid) values ('w', 'h', 1)`,
       ],
-      ['update job_completions', `update tenantry.job_completions set task = 'x'`],
-      ['delete job_completions', 'delete from tenantry.job_completions'],
       ['delete scheduled_job_runs', 'delete from tenantry.scheduled_job_runs'],
     ];
     await withClient(database.appUrl, async (client) => {
@@ -190,6 +189,61 @@ describe('enqueue', () => {
       }
     });
     assert.equal(await jobCount('enqueue.direct'), 0);
+  });
+
+  test('complete_job removes only a job of the current tenant that the named worker holds', async () => {
+    const a = await createTenant(admin, 'complete-a');
+    const b = await createTenant(admin, 'complete-b');
+    const job = noop('enqueue.complete');
+    const id = await tenantry.withTenant(a, (db) => enqueueJob(db, job, {}));
+    await admin.query(
+      `update graphile_worker._private_jobs
+          set locked_by = 'worker-a', locked_at = now(), attempts = 1
+        where id = $1`,
+      [id],
+    );
+    const complete = `select tenantry.complete_job($1::bigint, $2::text)`;
+    await withClient(database.appUrl, async (client) => {
+      const refusal = async (tenantId: string | null, worker: string | null): Promise<unknown> => {
+        await client.query('begin');
+        if (tenantId !== null) await client.query(`set local tenantry.tenant_id = '${tenantId}'`);
+        try {
+          await client.query(complete, [id, worker]);
+          return 'completed';
+        } catch (error) {
+          const { code, hint } = error as { code?: unknown; hint?: unknown };
+          return { code, hint };
+        } finally {
+          await client.query('rollback');
+        }
+      };
+      const notHeld = { code: '55000', hint: 'tenantry:job_not_held' };
+      assert.deepEqual(await refusal(b, 'worker-a'), notHeld, "another tenant's job");
+      assert.deepEqual(await refusal(a, 'worker-b'), notHeld, 'another worker');
+      assert.deepEqual(await refusal(a, null), notHeld, 'no worker');
+      assert.deepEqual(await refusal(a, ''), notHeld, 'an empty worker id');
+      assert.deepEqual(await refusal(null, 'worker-a'), notHeld, 'no tenant context');
+      assert.deepEqual(await refusal('', 'worker-a'), notHeld, 'an empty tenant context');
+      assert.equal(
+        await sqlState(client.query(complete, [id, 'worker-a'])),
+        '55000',
+        'outside any transaction',
+      );
+      const [row] = await jobRows(admin, job.name);
+      assert.equal(row?.id, id);
+      assert.equal(row?.locked_by, 'worker-a');
+
+      await client.query('begin');
+      await client.query(`set local tenantry.tenant_id = '${a}'`);
+      await client.query(complete, [id, 'worker-a']);
+      await client.query('rollback');
+      assert.equal(await jobCount(job.name), 1, 'a rolled-back completion leaves the job');
+      await client.query('begin');
+      await client.query(`set local tenantry.tenant_id = '${a}'`);
+      await client.query(complete, [id, 'worker-a']);
+      await client.query('commit');
+    });
+    assert.equal(await jobCount(job.name), 0);
   });
 
   test('idempotency keys deduplicate within a tenant, never across tenants', async () => {
@@ -446,6 +500,7 @@ describe('tenant isolation in jobs', () => {
             ctx.db,
           );
         const visible = await ctx.db.selectFrom('tags').select('id').execute();
+        await ctx.db.insertInto('tags').values({ name: 'probe-effect' }).execute();
         seen.push({
           tenantId: ctx.tenantId,
           payloadTenantId: payload.tenantId,
@@ -462,6 +517,7 @@ describe('tenant isolation in jobs', () => {
       enqueueJob(db, probe, { tenantId: b.tenantId, tagId: b.tagId, contactId: b.contactId }),
     );
     const [row] = await jobRows(admin, probe.name);
+    assert.equal(row?.id, id);
     assert.equal(row?.payload.tenantId, a.tenantId);
     assert.deepEqual(row?.flags, { [`tenant:${a.tenantId}`]: true });
 
@@ -471,6 +527,8 @@ describe('tenant isolation in jobs', () => {
       return rows.every((job) => job.attempts >= job.max_attempts && job.locked_by === null);
     });
     await running.stop();
+    assert.equal(running.health().completed, 1);
+    assert.deepEqual(await jobRows(admin, probe.name), [], 'the completed job is removed');
 
     assert.deepEqual(seen, [
       {
@@ -484,11 +542,10 @@ describe('tenant isolation in jobs', () => {
         visible: [a.tagId],
       },
     ]);
-    const completions = await admin.query(
-      'select tenant_id::text from tenantry.job_completions where job_id = $1',
-      [id],
+    const effects = await admin.query(
+      `select tenant_id::text from tags where name = 'probe-effect'`,
     );
-    assert.deepEqual(completions, [{ tenant_id: a.tenantId }]);
+    assert.deepEqual(effects, [{ tenant_id: a.tenantId }]);
     const afterRows = await admin.query(
       'select t.name as tag, c.name as contact from tags t, contacts c where t.tenant_id = $1 and t.id = $2 and c.tenant_id = $1 and c.id = $3',
       [b.tenantId, b.tagId, b.contactId],
@@ -516,7 +573,7 @@ describe('tenant isolation in jobs', () => {
           .values([{ name: 'b1' }, { name: 'b2' }, { name: 'b3' }])
           .execute(),
       );
-      const runs: { tenantId: string; setting: string; pid: number; tags: number[] }[] = [];
+      const runs: { tenantId: string; setting: string; pid: number; tags: number }[] = [];
       const job = defineJob<Record<string, never>, ReferenceDatabase>('isolation.sequence', {
         async run(_payload, ctx) {
           const context = await sql<{ setting: string; pid: number }>`
@@ -524,15 +581,11 @@ describe('tenant isolation in jobs', () => {
             ctx.db,
           );
           const tags = await ctx.db.selectFrom('tags').select('name').execute();
-          const completions = await sql<{ n: number }>`
-            select count(*)::int as n from tenantry.job_completions where tenant_id <> ${ctx.tenantId}::uuid`.execute(
-            ctx.db,
-          );
           runs.push({
             tenantId: ctx.tenantId,
             setting: context.rows[0]?.setting ?? '',
             pid: context.rows[0]?.pid ?? 0,
-            tags: [tags.length, completions.rows[0]?.n ?? -1],
+            tags: tags.length,
           });
         },
       });
@@ -549,7 +602,7 @@ describe('tenant isolation in jobs', () => {
       );
       for (const run of runs) {
         assert.equal(run.setting, run.tenantId);
-        assert.deepEqual(run.tags, [run.tenantId === a ? 2 : 3, 0]);
+        assert.equal(run.tags, run.tenantId === a ? 2 : 3);
       }
       const outside = await sql<{ setting: string | null; pid: number }>`
         select current_setting('tenantry.tenant_id', true) as setting, pg_backend_pid() as pid`.execute(
@@ -1203,11 +1256,15 @@ describe('shutdown', () => {
       async run(_payload, ctx) {
         started.open();
         await release.promise;
-        await ctx.db.insertInto('tags').values({ name: 'late' }).execute();
+        await ctx.db
+          .insertInto('tags')
+          .values({ name: `late-${ctx.attempt}` })
+          .execute();
       },
     });
     const id = await tenantry.withTenant(tenantId, (db) => enqueueJob(db, job, {}));
-    const running = await worker({ jobs: [job], shutdownGraceMs: 50 });
+    const log = recordingLogger();
+    const running = await worker({ jobs: [job], shutdownGraceMs: 50, logger: log.logger });
     await started.promise;
     await running.stop();
     assert.equal(running.health().status, 'stopped');
@@ -1215,22 +1272,25 @@ describe('shutdown', () => {
     assert.equal(row?.id, id);
     assert.equal(row?.locked_by, null);
     release.open();
-    await waitFor('the late handler to commit', async () => {
-      const tags = await admin.query('select 1 from tags where tenant_id = $1', [tenantId]);
-      return tags.length === 1;
-    });
-    // The released job may still be queued (its retry pushed out by the runner): run it now. Its
-    // completion marker, committed by the late handler, keeps it from applying twice.
+    // The late handler no longer holds its job: its commit is refused and its work rolled back.
+    const lost = () => log.lines.some((line) => line.message?.startsWith('job no longer held'));
+    await waitFor(
+      'the late handler to end',
+      () => running.health().running === 0 && (running.health().completed > 0 || lost()),
+    );
+    assert.equal(running.health().completed, 0, 'the late handler committed a released job');
+    assert.ok(lost());
+    assert.equal(await jobCount(job.name), 1);
+    // The released job may still be queued (its retry pushed out by the runner): run it now.
     await admin.query('update graphile_worker._private_jobs set run_at = now() where id = $1', [
       id,
     ]);
     const rerun = await worker({ jobs: [job] });
     await waitFor('the released job to be removed', async () => (await jobCount(job.name)) === 0);
     await rerun.stop();
-    const [tags] = await admin.query<{ n: number }>(
-      'select count(*)::int as n from tags where tenant_id = $1',
-      [tenantId],
-    );
-    assert.equal(tags?.n, 1, 'the job effect landed once');
+    const tags = await admin.query<{ name: string }>('select name from tags where tenant_id = $1', [
+      tenantId,
+    ]);
+    assert.deepEqual(tags, [{ name: 'late-2' }], 'the job effect landed once, from the rerun');
   });
 });

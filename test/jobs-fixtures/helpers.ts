@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
-import type { Tenantry } from 'tenantry';
+import type { Logger, Tenantry } from 'tenantry';
 import { createJobWorker, type JobWorker, type JobWorkerOptions } from 'tenantry/jobs';
 import type { ReferenceDatabase } from '../fixtures.ts';
 
@@ -54,13 +54,43 @@ export async function waitFor<T>(
   }
 }
 
-/** A promise with its resolve function, for handlers that block until the test releases them. */
-export function gate(): { promise: Promise<void>; open: () => void } {
-  let open: () => void = () => {};
-  const promise = new Promise<void>((resolve) => {
-    open = resolve;
+/**
+ * A promise with its resolve function, for handlers that block until the test releases them;
+ * `opened` tells a test polling with a deadline whether it was opened.
+ */
+export function gate(): { promise: Promise<void>; open: () => void; readonly opened: boolean } {
+  let resolve: () => void = () => {};
+  let opened = false;
+  const promise = new Promise<void>((done) => {
+    resolve = done;
   });
-  return { promise, open };
+  return {
+    promise,
+    open: () => {
+      opened = true;
+      resolve();
+    },
+    get opened() {
+      return opened;
+    },
+  };
+}
+
+/** A logger that keeps every line, for tests that wait on what a worker reported. */
+export function recordingLogger(): {
+  logger: Logger;
+  lines: { level: string; message: string | undefined; fields: object }[];
+} {
+  const lines: { level: string; message: string | undefined; fields: object }[] = [];
+  const line =
+    (level: string) =>
+    (fields: object, message?: string): void => {
+      lines.push({ level, message, fields });
+    };
+  return {
+    logger: { debug: line('debug'), info: line('info'), warn: line('warn'), error: line('error') },
+    lines,
+  };
 }
 
 /** Worker options that make retries, polling and stale-worker detection fast enough for tests. */
