@@ -834,8 +834,7 @@ function createVariants(env: Environment): Variants {
   };
   const graphileReset = async () => {
     await env.admin.query('delete from graphile_worker._private_jobs');
-    await env.admin.query('truncate tenantry.job_completions');
-    await env.admin.query('vacuum analyze graphile_worker._private_jobs, tenantry.job_completions');
+    await env.admin.query('vacuum analyze graphile_worker._private_jobs');
   };
 
   const tenantryWorker = (

@@ -202,7 +202,7 @@ describe('enqueue', () => {
         where id = $1`,
       [id],
     );
-    const complete = `select tenantry.complete_job($1::bigint, $2::text)`;
+    const complete = `select tenantry.complete_job($1::bigint, $2::text, 1)`;
     await withClient(database.appUrl, async (client) => {
       const refusal = async (tenantId: string | null, worker: string | null): Promise<unknown> => {
         await client.query('begin');

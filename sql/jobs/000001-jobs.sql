@@ -201,9 +201,10 @@ grant execute on function :"tenantry_schema".enqueue_jobs(text, jsonb[], timesta
 -- Completes a job inside its own tenant transaction: the worker sends it with the job's COMMIT,
 -- so the job row disappears if and only if the job's work commits. It refuses (and so aborts the
 -- COMMIT) when the job is no longer held by that worker: a worker taken for dead, whose job was
--- released and picked up again, cannot commit the same work a second time. The app role can
--- only remove a job of its current tenant that the named worker holds.
-create function :"tenantry_schema".complete_job(p_job_id bigint, p_worker text)
+-- released and picked up again, cannot commit the same work a second time; the attempt number
+-- tells two runs apart even when the same worker fetched its released job again. The app role can
+-- only remove a job of its current tenant that the named worker holds in that attempt.
+create function :"tenantry_schema".complete_job(p_job_id bigint, p_worker text, p_attempt integer)
   returns void
   language plpgsql
   security definer
@@ -213,6 +214,7 @@ begin
   delete from graphile_worker._private_jobs j
    where j.id = p_job_id
      and j.locked_by = p_worker
+     and j.attempts = p_attempt
      and j.payload ->> 'tenantId' = :"tenantry_schema".current_tenant_id()::text;
   if not found then
     raise exception 'job % is not held by worker %', p_job_id, p_worker
@@ -220,8 +222,8 @@ begin
   end if;
 end
 $fn$;
-revoke all on function :"tenantry_schema".complete_job(bigint, text) from public;
-grant execute on function :"tenantry_schema".complete_job(bigint, text) to :"app_role";
+revoke all on function :"tenantry_schema".complete_job(bigint, text, integer) from public;
+grant execute on function :"tenantry_schema".complete_job(bigint, text, integer) to :"app_role";
 
 create table :"tenantry_schema".scheduled_job_runs (
   tenant_id uuid not null,
