@@ -156,7 +156,8 @@ async function runWith(server: EmbeddedPostgresServer): Promise<void> {
   };
   /** graphile-worker's `run()` on a pool of its own, sized like the one inside Tenantry. */
   const startGraphile =
-    (schema: string, task: (job: Job, helpers: JobHelpers) => Promise<void>) => async () => {
+    (schema: string, task: (job: Job, helpers: JobHelpers) => Promise<void>, batched = false) =>
+    async () => {
       const pool = createPool(adminUrl, Math.min(concurrency + 2, 20));
       const runner = await runGraphile({
         pgPool: pool,
@@ -166,6 +167,19 @@ async function runWith(server: EmbeddedPostgresServer): Promise<void> {
         pollInterval: 1000,
         logger: silentRunnerLogger,
         taskList: { [plainTask]: (payload, helpers) => task(payload as Job, helpers) },
+        // The same batching as Tenantry's worker with `prefetch`: a local queue of `concurrency`
+        // jobs, batched completions and failures.
+        ...(batched
+          ? {
+              preset: {
+                worker: {
+                  completeJobBatchDelay: 0,
+                  failJobBatchDelay: 0,
+                  localQueue: { size: concurrency },
+                },
+              },
+            }
+          : {}),
       });
       return {
         async stop() {
@@ -191,6 +205,38 @@ async function runWith(server: EmbeddedPostgresServer): Promise<void> {
     schema: plainSchema,
     enqueue: addPlainJobs(plainSchema),
     start: startGraphile(plainSchema, plainJob),
+  };
+  const enqueueTenantJobs = async (jobs: readonly Job[]) => {
+    for (const [tenantId, ofTenant] of Map.groupBy(jobs, (job) => job.tenantId)) {
+      for (let offset = 0; offset < ofTenant.length; offset += 10_000) {
+        await tenantry.withTenant(tenantId, (db) =>
+          enqueueJobs(
+            db,
+            increment,
+            ofTenant.slice(offset, offset + 10_000).map((job) => ({ id: job.id })),
+          ),
+        );
+      }
+    }
+  };
+  const batchedBaseline: Variant = {
+    name: 'graphile-worker, local queue + batching',
+    schema: plainSchema,
+    enqueue: addPlainJobs(plainSchema),
+    start: startGraphile(plainSchema, plainJob, true),
+  };
+  const prefetchWorker: Variant = {
+    name: `Tenantry createJobWorker, prefetch ${concurrency}`,
+    schema: tenantrySchema,
+    enqueue: enqueueTenantJobs,
+    start: () =>
+      createJobWorker({
+        tenantry,
+        connectionString: adminUrl,
+        jobs: [increment],
+        concurrency,
+        prefetch: concurrency,
+      }),
   };
   const tenantryWorker: Variant = {
     name: 'Tenantry createJobWorker',
@@ -229,7 +275,13 @@ async function runWith(server: EmbeddedPostgresServer): Promise<void> {
       }),
     },
   ];
-  const variants = [baseline, tenantryWorker, ...(withBreakdown ? breakdown : [])];
+  const variants = [
+    baseline,
+    tenantryWorker,
+    batchedBaseline,
+    prefetchWorker,
+    ...(withBreakdown ? breakdown : []),
+  ];
 
   const throughputJobs: Job[] = Array.from({ length: jobCount }, (_, index) => ({
     tenantId: tenants.spread[index % tenants.spread.length] as string,
@@ -349,6 +401,10 @@ async function runWith(server: EmbeddedPostgresServer): Promise<void> {
       big_jobs_queued_when_small_done: tenantryFairness.bigStillQueued,
       baseline_jobs_per_s: Math.round(baseRate),
       tenantry_jobs_per_s: Math.round(rate(tenantryWorker.name)),
+      // Tenantry with prefetch against plain graphile-worker with the same batching, and against
+      // plain graphile-worker's defaults.
+      prefetch_ratio_same_batching: round3(rate(prefetchWorker.name) / rate(batchedBaseline.name)),
+      prefetch_ratio_vs_default_baseline: round3(rate(prefetchWorker.name) / baseRate),
       baseline_per_job: cpuPerJob(baseline.name),
       tenantry_per_job: cpuPerJob(tenantryWorker.name),
       baseline_small_tenant_p95_wait_ms: Math.round(baselineFairness.waitP95Ms),
