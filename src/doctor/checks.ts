@@ -554,7 +554,12 @@ async function checkFunctions(context: DoctorContext): Promise<DoctorFinding[]> 
     }
     // A trusted function that writes (enqueue_job) is VOLATILE by necessity; an IMMUTABLE one is
     // still reported.
-    if (row.reads_context && !row.ddl_helper && row.volatility !== 's' && !(row.trusted && row.volatility === 'v')) {
+    if (
+      row.reads_context &&
+      !row.ddl_helper &&
+      row.volatility !== 's' &&
+      !(row.trusted && row.volatility === 'v')
+    ) {
       const immutable = row.volatility === 'i';
       findings.push(
         finding(
