@@ -7,6 +7,7 @@ import {
 } from './channels/channel-provider.ts';
 import type { AppDatabase } from './database.ts';
 import { conversationDigestJob, conversationDigestSchedule } from './digests/digest.jobs.ts';
+import { expireIdempotencyKeysJob, idempotencyExpirySchedule } from './http/idempotency.jobs.ts';
 
 /** Settings of the app's jobs. */
 export interface AppJobsConfig {
@@ -94,8 +95,13 @@ export async function setupJobs(context: AppJobsContext): Promise<AppJobs> {
   }
   const opened = deliveries;
   return Object.freeze({
-    jobs: Object.freeze([broadcasts.dispatch, broadcasts.sendBatch, conversationDigestJob]),
-    schedules: Object.freeze([conversationDigestSchedule]),
+    jobs: Object.freeze([
+      broadcasts.dispatch,
+      broadcasts.sendBatch,
+      conversationDigestJob,
+      expireIdempotencyKeysJob,
+    ]),
+    schedules: Object.freeze([conversationDigestSchedule, idempotencyExpirySchedule]),
     broadcasts,
     close: async () => {
       await opened?.close();
