@@ -258,6 +258,50 @@ export const errorCodes = Object.freeze({
     status: 401,
     title: 'Webhook signature missing, stale or wrong',
   },
+  TENANTRY_ERR_STORAGE_NAME_INVALID: {
+    status: 400,
+    title: 'File name invalid',
+  },
+  TENANTRY_ERR_STORAGE_KEY_INVALID: {
+    status: 400,
+    title: 'Object key invalid or outside the tenant prefix',
+  },
+  TENANTRY_ERR_STORAGE_REQUEST_INVALID: {
+    status: 400,
+    title: 'Upload request invalid',
+  },
+  TENANTRY_ERR_STORAGE_TOO_LARGE: {
+    status: 413,
+    title: 'File larger than allowed',
+  },
+  TENANTRY_ERR_STORAGE_TYPE_NOT_ALLOWED: {
+    status: 415,
+    title: 'Content type not allowed',
+  },
+  TENANTRY_ERR_STORAGE_FILE_NOT_FOUND: {
+    status: 404,
+    title: 'No such file',
+  },
+  TENANTRY_ERR_STORAGE_URL_INVALID: {
+    status: 403,
+    title: 'Storage URL invalid, tampered with or used with the wrong method',
+  },
+  TENANTRY_ERR_STORAGE_URL_EXPIRED: {
+    status: 410,
+    title: 'Storage URL expired',
+  },
+  TENANTRY_ERR_STORAGE_OBJECT_EXISTS: {
+    status: 409,
+    title: 'Object already uploaded',
+  },
+  TENANTRY_ERR_STORAGE_UPLOAD_MISSING: {
+    status: 409,
+    title: 'Upload not received',
+  },
+  TENANTRY_ERR_STORAGE_UPLOAD_MISMATCH: {
+    status: 422,
+    title: 'Uploaded object does not match the request',
+  },
 } as const);
 
 /** A stable Tenantry error code such as `TENANTRY_ERR_CONTEXT_MISSING`. */

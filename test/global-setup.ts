@@ -1,4 +1,5 @@
 import { jobsMigrationSource } from 'tenantry/jobs';
+import { storageMigrationSource } from 'tenantry/storage';
 import { startTestCluster } from 'tenantry/testing';
 
 let stop: (() => Promise<void>) | undefined;
@@ -10,6 +11,7 @@ export async function globalSetup(): Promise<void> {
     directory: process.env.TENANTRY_TEST_DIRECTORY ?? '.tenantry/test-postgres',
     sources: [
       jobsMigrationSource(),
+      storageMigrationSource(),
       { name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname },
     ],
   }));
