@@ -21,6 +21,11 @@ import { contactsRoutes } from './contacts/contacts.routes.ts';
 import { conversationsRoutes } from './conversations/conversations.routes.ts';
 import type { AppDatabase } from './database.ts';
 import { digestsRoutes } from './digests/digests.routes.ts';
+import type { StorageJobs } from './exports/export.jobs.ts';
+import { exportsRoutes } from './exports/exports.routes.ts';
+import type { AppStorage } from './files/app-storage.ts';
+import { filesRoutes } from './files/files.routes.ts';
+import { localFilesRoutes } from './files/local-files.routes.ts';
 import { healthRoutes } from './health/health.routes.ts';
 import type { AppInstance, AppServices } from './http/types.ts';
 import { tagsRoutes } from './tags/tags.routes.ts';
@@ -53,7 +58,17 @@ export interface BuildAppOptions {
    * The jobs new broadcasts enqueue (`setupJobs()` output). Without it the `/broadcasts` routes
    * are not served.
    */
-  readonly jobs?: { readonly broadcasts: Pick<BroadcastJobs, 'dispatch'> } | undefined;
+  readonly jobs?:
+    | {
+        readonly broadcasts: Pick<BroadcastJobs, 'dispatch'>;
+        readonly storage?: Pick<StorageJobs, 'contactsExport'> | undefined;
+      }
+    | undefined;
+  /**
+   * The app's storage (`createAppStorage()`): serves `/files` (and, with the local driver, its
+   * signed URLs at `/files/*`); with `jobs.storage` also `/exports`. Without it neither is served.
+   */
+  readonly files?: AppStorage | undefined;
 }
 
 /** Routes that need a workspace are served at `/v1/...` and at `/t/<workspace>/v1/...`. */
@@ -61,8 +76,8 @@ const tenantPrefixes = ['/v1', '/t/:workspace/v1'] as const;
 
 /**
  * Builds the reference backend: the Tenantry plugin, OpenAPI document and UI, health probes,
- * auth and workspaces, the CRM and messaging API, broadcasts and digests. Closing the app closes
- * the pools (not the jobs' own: see `setupJobs()`).
+ * auth and workspaces, the CRM and messaging API, broadcasts and digests, files and exports.
+ * Closing the app closes the pools (not the jobs' own: see `setupJobs()`, nor the storage's).
  *
  * @example
  * ```ts
@@ -154,6 +169,10 @@ export async function buildApp(options: BuildAppOptions): Promise<AppInstance> {
   await app.register(healthRoutes(options.pendingMigrations), services);
   await app.register(authRoutes, services);
   await app.register(webhooksRoutes, services);
+  const files = options.files;
+  if (files?.localHandler !== undefined) {
+    await app.register(localFilesRoutes, { handler: files.localHandler });
+  }
   for (const prefix of tenantPrefixes) {
     await app.register(workspacesRoutes, { ...services, prefix });
     await app.register(contactsRoutes, { ...services, prefix });
@@ -167,6 +186,18 @@ export async function buildApp(options: BuildAppOptions): Promise<AppInstance> {
         prefix,
         dispatchJob: options.jobs.broadcasts.dispatch,
       });
+    }
+    if (files !== undefined) {
+      await app.register(filesRoutes, { ...services, prefix, files });
+      const contactsExportJob = options.jobs?.storage?.contactsExport;
+      if (contactsExportJob !== undefined) {
+        await app.register(exportsRoutes, {
+          ...services,
+          prefix,
+          storage: files.storage,
+          contactsExportJob,
+        });
+      }
     }
   }
   return app;

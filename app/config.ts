@@ -1,3 +1,4 @@
+import { dirname, join, resolve } from 'node:path';
 import { type CliConfig, loadCliConfig, TenantryError } from 'tenantry';
 
 /** How access tokens are issued and checked. */
@@ -23,6 +24,33 @@ export type AuthConfig =
       readonly userClaim: string;
       readonly roleClaim: string;
       readonly algorithms: readonly string[];
+    };
+
+/** Where uploaded files live. */
+export type StorageConfig =
+  | {
+      /** Objects on the local filesystem, served by the app under `<publicUrl>/files`. */
+      readonly driver: 'local';
+      /** @defaultValue `<data folder>/files` (the data folder holds the embedded cluster) */
+      readonly root: string;
+      /** HMAC key of the signed URLs, at least 32 bytes (`TENANTRY_STORAGE_SECRET`). */
+      readonly secret: string;
+      /** `<publicUrl>/files` */
+      readonly baseUrl: string;
+      /** Largest upload in bytes. @defaultValue 26214400 (`TENANTRY_STORAGE_MAX_UPLOAD_BYTES`) */
+      readonly maxUploadBytes: number;
+    }
+  | {
+      /** An S3-compatible bucket (`TENANTRY_S3_BUCKET`); clients upload and download directly. */
+      readonly driver: 's3';
+      readonly bucket: string;
+      readonly region: string | undefined;
+      readonly endpoint: string | undefined;
+      readonly forcePathStyle: boolean | undefined;
+      readonly credentials:
+        | { readonly accessKeyId: string; readonly secretAccessKey: string }
+        | undefined;
+      readonly maxUploadBytes: number;
     };
 
 /** Settings of the reference app, read from the environment in this one place. */
@@ -64,6 +92,7 @@ export interface AppConfig {
    * @defaultValue 0 (`TENANTRY_CHANNEL_FAILURE_RATE`)
    */
   readonly channelFailureRate: number;
+  readonly storage: StorageConfig;
 }
 
 function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number) {
@@ -97,9 +126,82 @@ function text(env: NodeJS.ProcessEnv, name: string): string | undefined {
   return value === undefined || value === '' ? undefined : value;
 }
 
+function loadStorageConfig(
+  env: NodeJS.ProcessEnv,
+  database: CliConfig,
+  publicUrl: string,
+  generatedSecret: (purpose: 'jwt' | 'storage') => string,
+  cwd: string,
+): StorageConfig {
+  const maxUploadBytes = integer(
+    env,
+    'TENANTRY_STORAGE_MAX_UPLOAD_BYTES',
+    25 * 1024 * 1024,
+    1,
+    5 * 1024 * 1024 * 1024,
+  );
+  const bucket = text(env, 'TENANTRY_S3_BUCKET');
+  if (bucket !== undefined) {
+    const accessKeyId = text(env, 'TENANTRY_S3_ACCESS_KEY_ID');
+    const secretAccessKey = text(env, 'TENANTRY_S3_SECRET_ACCESS_KEY');
+    if ((accessKeyId === undefined) !== (secretAccessKey === undefined)) {
+      throw new TenantryError(
+        'TENANTRY_ERR_CONFIG_INVALID',
+        'Set both TENANTRY_S3_ACCESS_KEY_ID and TENANTRY_S3_SECRET_ACCESS_KEY, or neither (the AWS default credential chain).',
+      );
+    }
+    const pathStyle = text(env, 'TENANTRY_S3_FORCE_PATH_STYLE');
+    if (pathStyle !== undefined && pathStyle !== 'true' && pathStyle !== 'false') {
+      throw new TenantryError(
+        'TENANTRY_ERR_CONFIG_INVALID',
+        `TENANTRY_S3_FORCE_PATH_STYLE must be "true" or "false", got "${pathStyle}".`,
+      );
+    }
+    return Object.freeze({
+      driver: 's3',
+      bucket,
+      region: text(env, 'TENANTRY_S3_REGION'),
+      endpoint: text(env, 'TENANTRY_S3_ENDPOINT'),
+      forcePathStyle: pathStyle === undefined ? undefined : pathStyle === 'true',
+      credentials:
+        accessKeyId === undefined || secretAccessKey === undefined
+          ? undefined
+          : Object.freeze({ accessKeyId, secretAccessKey }),
+      maxUploadBytes,
+    });
+  }
+  let secret = text(env, 'TENANTRY_STORAGE_SECRET');
+  if (secret === undefined) {
+    // An external database means a deployment: every instance must share one secret.
+    if (database.databaseUrl !== undefined) {
+      throw new TenantryError(
+        'TENANTRY_ERR_CONFIG_INVALID',
+        'With DATABASE_URL set, the local storage driver needs TENANTRY_STORAGE_SECRET (openssl rand -base64 48), or set TENANTRY_S3_BUCKET.',
+      );
+    }
+    secret = generatedSecret('storage');
+  }
+  if (Buffer.byteLength(secret) < 32) {
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      'TENANTRY_STORAGE_SECRET must be at least 32 bytes (openssl rand -base64 48).',
+    );
+  }
+  const dataDirectory = dirname(resolve(cwd, database.embeddedDirectory));
+  return Object.freeze({
+    driver: 'local',
+    root: resolve(cwd, text(env, 'TENANTRY_STORAGE_ROOT') ?? join(dataDirectory, 'files')),
+    secret,
+    baseUrl: `${publicUrl.replace(/\/+$/, '')}/files`,
+    maxUploadBytes,
+  });
+}
+
 /**
  * Reads the app's configuration. `generatedSecret` supplies the JWT secret in local mode when
- * `TENANTRY_JWT_SECRET` is unset (main.ts keeps one per data directory).
+ * `TENANTRY_JWT_SECRET` is unset, and the local storage driver's URL secret when
+ * `TENANTRY_STORAGE_SECRET` is unset on the embedded database (main.ts keeps one of each per
+ * data directory).
  *
  * @example
  * ```ts
@@ -108,14 +210,14 @@ function text(env: NodeJS.ProcessEnv, name: string): string | undefined {
  */
 export function loadAppConfig(
   env: NodeJS.ProcessEnv,
-  generatedSecret: () => string,
+  generatedSecret: (purpose: 'jwt' | 'storage') => string,
   cwd: string = process.cwd(),
 ): AppConfig {
   const port = integer(env, 'PORT', 3000, 0, 65535);
   const mode = text(env, 'AUTH_MODE') ?? 'local';
   let auth: AuthConfig;
   if (mode === 'local') {
-    const jwtSecret = text(env, 'TENANTRY_JWT_SECRET') ?? generatedSecret();
+    const jwtSecret = text(env, 'TENANTRY_JWT_SECRET') ?? generatedSecret('jwt');
     if (Buffer.byteLength(jwtSecret) < 32) {
       throw new TenantryError(
         'TENANTRY_ERR_CONFIG_INVALID',
@@ -163,11 +265,13 @@ export function loadAppConfig(
       `TENANTRY_WORKER must be "inprocess" or "off", got "${workerMode}".`,
     );
   }
+  const database = loadCliConfig(env, cwd);
+  const publicUrl = text(env, 'PUBLIC_URL') ?? `http://localhost:${port}`;
   return Object.freeze({
-    database: loadCliConfig(env, cwd),
+    database,
     port,
     host: text(env, 'HOST') ?? '127.0.0.1',
-    publicUrl: text(env, 'PUBLIC_URL') ?? `http://localhost:${port}`,
+    publicUrl,
     baseDomain: text(env, 'TENANTRY_BASE_DOMAIN'),
     auth: Object.freeze(auth),
     seedDemo: (text(env, 'SEED_DEMO') ?? 'true') !== 'false',
@@ -180,5 +284,6 @@ export function loadAppConfig(
       concurrency: integer(env, 'TENANTRY_WORKER_CONCURRENCY', 4, 1, 100),
     }),
     channelFailureRate: fraction(env, 'TENANTRY_CHANNEL_FAILURE_RATE', 0),
+    storage: loadStorageConfig(env, database, publicUrl, generatedSecret, cwd),
   });
 }

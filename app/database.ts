@@ -6,6 +6,9 @@ type TenantId = Generated<string>;
 /** Where a broadcast is: created, its batches being sent, or every recipient settled. */
 export type BroadcastStatus = 'queued' | 'sending' | 'completed' | 'failed';
 
+/** Where an export is: waiting for its job, its file ready, or failed for good. */
+export type ExportStatus = 'queued' | 'ready' | 'failed';
+
 /** Where one recipient of a broadcast is. */
 export type RecipientStatus = 'pending' | 'sent' | 'failed';
 
@@ -138,6 +141,26 @@ export interface AppDatabase {
     messages_in: number;
     messages_out: number;
     computed_at: Generated<Date>;
+  };
+  message_attachments: {
+    tenant_id: TenantId;
+    message_id: string;
+    message_created_at: ColumnType<Date, Date | string, never>;
+    file_id: string;
+    position: number;
+    created_at: Generated<Date>;
+  };
+  exports: {
+    tenant_id: TenantId;
+    id: Generated<string>;
+    kind: 'contacts';
+    status: Generated<ExportStatus>;
+    file_id: string | null;
+    row_count: number | null;
+    error: string | null;
+    created_by: string | null;
+    created_at: Generated<Date>;
+    finished_at: Date | null;
   };
   'auth.users': {
     id: Generated<string>;

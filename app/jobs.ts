@@ -7,6 +7,8 @@ import {
 } from './channels/channel-provider.ts';
 import type { AppDatabase } from './database.ts';
 import { conversationDigestJob, conversationDigestSchedule } from './digests/digest.jobs.ts';
+import { createStorageJobs, type StorageJobs } from './exports/export.jobs.ts';
+import type { AppStorage } from './files/app-storage.ts';
 import { expireIdempotencyKeysJob, idempotencyExpirySchedule } from './http/idempotency.jobs.ts';
 
 /** Settings of the app's jobs. */
@@ -32,6 +34,12 @@ export interface AppJobsContext {
   readonly appConnectionString: string;
   readonly logger: Logger;
   readonly config?: AppJobsConfig;
+  /**
+   * The app's storage (`createAppStorage()`): adds `contacts.export` and the hourly
+   * `storage.cleanup-pending`. `tenantry worker --jobs app/jobs.ts` passes none, so a worker
+   * started that way does not run them.
+   */
+  readonly files?: AppStorage;
 }
 
 /** The app's job definitions and schedules, and what they opened. */
@@ -43,6 +51,8 @@ export interface AppJobs {
   readonly schedules: readonly JobSchedule[];
   /** The broadcast jobs; `buildApp({ jobs })` enqueues `broadcasts.dispatch`. */
   readonly broadcasts: BroadcastJobs;
+  /** The export and upload-cleanup jobs, when `files` was given. */
+  readonly storage: StorageJobs | undefined;
   /** Closes the default channel provider's pool. Call it after the worker stopped. */
   close(): Promise<void>;
 }
@@ -50,8 +60,9 @@ export interface AppJobs {
 /**
  * Builds the reference app's jobs: the broadcast jobs on a channel provider (by default one that
  * records deliveries in `channel_deliveries` through a small Tenantry instance of its own, so each
- * delivery commits independently of the job, like a call to an external system) and the nightly
- * conversation digest with its schedule. `tenantry worker --jobs app/jobs.ts` calls it.
+ * delivery commits independently of the job, like a call to an external system), the nightly
+ * conversation digest with its schedule, the hourly idempotency-key expiry and, given the app's
+ * storage, the contacts export and the hourly cleanup of unconfirmed uploads. `tenantry worker --jobs app/jobs.ts` calls it.
  *
  * @example
  * ```ts
@@ -94,15 +105,22 @@ export async function setupJobs(context: AppJobsContext): Promise<AppJobs> {
     throw error;
   }
   const opened = deliveries;
+  const storage = context.files === undefined ? undefined : createStorageJobs(context.files);
   return Object.freeze({
     jobs: Object.freeze([
       broadcasts.dispatch,
       broadcasts.sendBatch,
       conversationDigestJob,
       expireIdempotencyKeysJob,
+      ...(storage === undefined ? [] : [storage.contactsExport, storage.cleanupPending]),
     ]),
-    schedules: Object.freeze([conversationDigestSchedule, idempotencyExpirySchedule]),
+    schedules: Object.freeze([
+      conversationDigestSchedule,
+      idempotencyExpirySchedule,
+      ...(storage === undefined ? [] : [storage.cleanupSchedule]),
+    ]),
     broadcasts,
+    storage,
     close: async () => {
       await opened?.close();
     },

@@ -13,21 +13,24 @@ import {
   requireAppUrl,
 } from 'tenantry';
 import { createJobWorker, type JobWorker, jobsMigrationSource } from 'tenantry/jobs';
+import { storageMigrationSource } from 'tenantry/storage';
 import { buildApp } from './app.ts';
 import { loadAppConfig } from './config.ts';
 import type { AppDatabase } from './database.ts';
+import { type AppStorage, createAppStorage } from './files/app-storage.ts';
 import { setupJobs } from './jobs.ts';
 import { seedDemo } from './seed.ts';
 
 const migrationsDirectory = new URL('./migrations/', import.meta.url).pathname;
 
 /**
- * The development JWT secret, generated once per data folder (mode 0600) so tokens survive a
- * restart. Production sets TENANTRY_JWT_SECRET.
+ * The development JWT and storage-URL secrets, each generated once per data folder (mode 0600) so
+ * tokens and signed URLs survive a restart. Production sets TENANTRY_JWT_SECRET and
+ * TENANTRY_STORAGE_SECRET.
  */
-function developmentSecret(directory: string): () => string {
-  return () => {
-    const path = join(directory, 'app-jwt-secret');
+function developmentSecret(directory: string): (purpose: 'jwt' | 'storage') => string {
+  return (purpose) => {
+    const path = join(directory, `app-${purpose}-secret`);
     try {
       return readFileSync(path, 'utf8').trim();
     } catch {
@@ -49,8 +52,13 @@ async function main(): Promise<void> {
   const database = await prepareDatabase({ ...config.database, stopOnSignal: false }, logger);
   let stopping = false;
   let worker: JobWorker | undefined;
+  let files: AppStorage | undefined;
   try {
-    const sources = [jobsMigrationSource(), { name: 'app', directory: migrationsDirectory }];
+    const sources = [
+      jobsMigrationSource(),
+      storageMigrationSource(),
+      { name: 'app', directory: migrationsDirectory },
+    ];
     const summary = await migrate({ connectionString: database.adminUrl, sources, logger });
     logger.info(
       { applied: summary.applied.length, upToDate: summary.upToDate },
@@ -63,11 +71,13 @@ async function main(): Promise<void> {
       logger,
     });
     const directory = await createTenantDirectory({ connectionString: appUrl, logger });
+    files = createAppStorage(config.storage);
     const jobs = await setupJobs({
       tenantry,
       appConnectionString: appUrl,
       logger,
       config: { channelFailureRate: config.channelFailureRate },
+      files,
     });
     const app = await buildApp({
       tenantry,
@@ -79,6 +89,7 @@ async function main(): Promise<void> {
       webhookToleranceSec: config.webhookToleranceSec,
       logger: { level: config.logLevel },
       jobs,
+      files,
     });
     if (config.worker.mode === 'inprocess') {
       worker = await createJobWorker({
@@ -103,6 +114,7 @@ async function main(): Promise<void> {
         await worker?.stop();
         await app.close();
         await jobs.close();
+        await files?.close();
       } finally {
         await database.stop();
       }
@@ -131,6 +143,8 @@ async function main(): Promise<void> {
         `  curl -s ${url}/v1/contacts -H "authorization: Bearer $TOKEN"`,
         '  # broadcasts (POST /v1/broadcasts {name, templateId, tagIds}) and their progress:',
         `  curl -s ${url}/v1/broadcasts -H "authorization: Bearer $TOKEN"`,
+        '  # a CSV of the contacts, written by a job (then GET /v1/exports/<exportId>):',
+        `  curl -s -X POST ${url}/v1/exports/contacts -H "authorization: Bearer $TOKEN"`,
         '',
       );
     }
@@ -138,6 +152,7 @@ async function main(): Promise<void> {
   } catch (error) {
     // The worker polls until stopped; left running it would keep the process alive.
     await worker?.stop();
+    await files?.close();
     await database.stop();
     throw error;
   }

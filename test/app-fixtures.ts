@@ -1,4 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { LightMyRequestResponse } from 'fastify';
 import { SignJWT } from 'jose';
 import {
@@ -10,10 +13,12 @@ import {
   type Tenantry,
 } from 'tenantry';
 import { jobsMigrationSource } from 'tenantry/jobs';
+import { storageMigrationSource } from 'tenantry/storage';
 import { createTestDatabase, type TestDatabase } from 'tenantry/testing';
 import { buildApp } from '../app/app.ts';
 import type { AuthConfig } from '../app/config.ts';
 import type { AppDatabase } from '../app/database.ts';
+import { type AppStorage, createAppStorage } from '../app/files/app-storage.ts';
 import type { AppInstance } from '../app/http/types.ts';
 import { type AppJobs, setupJobs } from '../app/jobs.ts';
 import { withClient } from './fixtures.ts';
@@ -27,6 +32,10 @@ export interface TestApp {
   readonly auth: AuthConfig & { readonly mode: 'local' };
   /** The app's jobs (no worker runs them unless a test starts one). */
   readonly jobs: AppJobs;
+  /** The app's storage: the local driver in a temporary folder, URLs under `http://localhost/files`. */
+  readonly files: AppStorage;
+  /** The local driver's root folder. */
+  readonly filesRoot: string;
   /** Closes the app (and its pools) and drops the database. */
   close(): Promise<void>;
 }
@@ -46,7 +55,11 @@ export interface TestWorkspace {
 
 /** Starts the reference app on a fresh clone of the test template. */
 export async function createTestApp(
-  overrides: { readonly webhookToleranceSec?: number; readonly baseDomain?: string } = {},
+  overrides: {
+    readonly webhookToleranceSec?: number;
+    readonly baseDomain?: string;
+    readonly maxUploadBytes?: number;
+  } = {},
 ): Promise<TestApp> {
   const database = await createTestDatabase();
   const tenantry = await createTenantry<AppDatabase>({ connectionString: database.appUrl });
@@ -59,10 +72,19 @@ export async function createTestApp(
     accessTokenTtlSec: 900,
     refreshTokenTtlSec: 3600,
   });
+  const filesRoot = await mkdtemp(join(tmpdir(), 'tenantry-app-files-'));
+  const files = createAppStorage({
+    driver: 'local',
+    root: filesRoot,
+    secret: randomBytes(32).toString('hex'),
+    baseUrl: 'http://localhost/files',
+    maxUploadBytes: overrides.maxUploadBytes ?? 1024 * 1024,
+  });
   const jobs = await setupJobs({
     tenantry,
     appConnectionString: database.appUrl,
     logger: silentLogger,
+    files,
   });
   const app = await buildApp({
     tenantry,
@@ -71,12 +93,14 @@ export async function createTestApp(
     pendingMigrations: await createMigrationCheck({
       sources: [
         jobsMigrationSource(),
+        storageMigrationSource(),
         { name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname },
       ],
     }),
     webhookToleranceSec: overrides.webhookToleranceSec ?? 300,
     baseDomain: overrides.baseDomain,
     jobs,
+    files,
   });
   await app.ready();
   return {
@@ -86,10 +110,14 @@ export async function createTestApp(
     directory,
     auth,
     jobs,
+    files,
+    filesRoot,
     async close() {
       await app.close();
       await jobs.close();
+      await files.close();
       await database.drop();
+      await rm(filesRoot, { recursive: true, force: true });
     },
   };
 }

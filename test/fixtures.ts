@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import type { Kysely } from 'kysely';
+import { type Kysely, sql } from 'kysely';
 import type { Tenantry } from 'tenantry';
 import type { AppDatabase } from '../app/database.ts';
 import { withClient } from '../src/database/client.ts';
@@ -26,6 +26,8 @@ export const referenceTenantTables = Object.freeze([
   'broadcast_recipients',
   'channel_deliveries',
   'conversation_digests',
+  'message_attachments',
+  'exports',
 ]);
 
 /** Ids of the rows {@link seedTenant} created. */
@@ -146,6 +148,23 @@ export async function seedTenant(
         messages_out: 0,
       })
       .execute();
+    const fileId = randomUUID();
+    // A pending file is enough to attach: the foreign key checks the tenant, not the status.
+    await sql`insert into tenantry.files (tenant_id, id, object_key, file_name, size_bytes,
+        content_type, driver, expires_at)
+      values (tenantry.current_tenant_id(), ${fileId}::uuid,
+        'tenants/' || tenantry.current_tenant_id()::text || '/' || ${fileId}, ${`${slug}.txt`},
+        1, 'text/plain', 'local', now() + interval '1 hour')`.execute(db);
+    await db
+      .insertInto('message_attachments')
+      .values({
+        message_id: message.id,
+        message_created_at: sql<Date>`(select created_at from messages where id = ${message.id})`,
+        file_id: fileId,
+        position: 0,
+      })
+      .execute();
+    await db.insertInto('exports').values({ kind: 'contacts', created_by: userId }).execute();
     await db
       .insertInto('idempotency_keys')
       .values({

@@ -15,8 +15,10 @@ import {
 } from './fixtures.ts';
 
 interface ForeignKey {
-  readonly column: string;
   readonly parent: string;
+  /** The referencing columns (tenant_id aside) and the parent columns they point at, in order. */
+  readonly columns: readonly string[];
+  readonly parent_columns: readonly string[];
 }
 
 interface Scenario {
@@ -58,13 +60,17 @@ function asTenant(tenantId: string): string {
 async function foreignKeysOf(adminUrl: string, table: string): Promise<ForeignKey[]> {
   return withClient(adminUrl, async (client) => {
     const result = await client.query<ForeignKey>(
-      `select la.attname as column, c.confrelid::regclass::text as parent
+      `select c.confrelid::regclass::text as parent,
+              array_agg(la.attname::text order by k.n) as columns,
+              array_agg(ra.attname::text order by k.n) as parent_columns
        from pg_constraint c
-       join unnest(c.conkey) as k(attnum) on true
+       join unnest(c.conkey, c.confkey) with ordinality as k(attnum, fattnum, n) on true
        join pg_attribute la on la.attrelid = c.conrelid and la.attnum = k.attnum
+       join pg_attribute ra on ra.attrelid = c.confrelid and ra.attnum = k.fattnum
        where c.contype = 'f' and c.conrelid = $1::regclass and la.attname <> 'tenant_id'
-         and exists (select 1 from pg_attribute ra
-                     where ra.attrelid = c.confrelid and ra.attname = 'tenant_id')`,
+         and exists (select 1 from pg_attribute ta
+                     where ta.attrelid = c.confrelid and ta.attname = 'tenant_id')
+       group by c.oid, c.confrelid`,
       [table],
     );
     return result.rows;
@@ -150,17 +156,23 @@ async function isolationViolations(scenario: Scenario, table: string): Promise<s
     });
     for (const foreignKey of await foreignKeysOf(database.adminUrl, table)) {
       const parentOfB = await withClient(database.adminUrl, async (admin) => {
-        const result = await admin.query(
-          `select id from ${foreignKey.parent} where tenant_id = $1 limit 1`,
+        const result = await admin.query<{ row: Record<string, unknown> }>(
+          `select to_jsonb(p) as row from ${foreignKey.parent} p where tenant_id = $1 limit 1`,
           [b.tenantId],
         );
-        return result.rows[0]?.id as string;
+        return result.rows[0]?.row ?? {};
       });
+      const reference = Object.fromEntries(
+        foreignKey.columns.map((column, index) => [
+          column,
+          parentOfB[foreignKey.parent_columns[index] ?? ''],
+        ]),
+      );
       await inTransaction(app, asTenant(a.tenantId), async () => {
-        const child = { ...fresh(aRow), [foreignKey.column]: parentOfB };
+        const child = { ...fresh(aRow), ...reference };
         if ((await sqlState(app.query(insertSql, [child]))) !== '23503') {
           violations.push(
-            `child row referenced B's ${foreignKey.parent} through ${foreignKey.column}`,
+            `child row referenced B's ${foreignKey.parent} through ${foreignKey.columns.join(', ')}`,
           );
         }
       });

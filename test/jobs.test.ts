@@ -198,11 +198,11 @@ describe('enqueue', () => {
     const id = await tenantry.withTenant(a, (db) => enqueueJob(db, job, {}));
     await admin.query(
       `update graphile_worker._private_jobs
-          set locked_by = 'worker-a', locked_at = now(), attempts = 1
+          set locked_by = 'worker-a', locked_at = '2026-01-01T00:00:00.123Z', attempts = 1
         where id = $1`,
       [id],
     );
-    const complete = `select tenantry.complete_job($1::bigint, $2::text, 1)`;
+    const complete = `select tenantry.complete_job($1::bigint, $2::text, '2026-01-01T00:00:00.123Z')`;
     await withClient(database.appUrl, async (client) => {
       const refusal = async (tenantId: string | null, worker: string | null): Promise<unknown> => {
         await client.query('begin');

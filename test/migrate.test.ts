@@ -7,6 +7,7 @@ import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { isTenantryError, type TenantryErrorCode } from 'tenantry';
+import { storageMigrationSource, storageMigrationsDirectory } from 'tenantry/storage';
 import { readTestCluster } from 'tenantry/testing';
 import { quoteIdentifier } from '../src/config.ts';
 import { withDatabase } from '../src/database/bootstrap.ts';
@@ -99,10 +100,15 @@ after(async () => {
 describe('migrate', () => {
   test('applies the core and app migrations to an empty database and records their checksums', async () => {
     const url = await createEmptyDatabase();
-    const sources: MigrationSource[] = [{ name: 'app', directory: appMigrationsDirectory }];
+    // The app's attachments reference the file registry, so the storage source comes first.
+    const sources: MigrationSource[] = [
+      storageMigrationSource(),
+      { name: 'app', directory: appMigrationsDirectory },
+    ];
     const expected: { source: string; version: number; checksum: string }[] = [];
     for (const [source, directory] of [
       ['tenantry', coreMigrationsDirectory],
+      ['tenantry_storage', storageMigrationsDirectory],
       ['app', appMigrationsDirectory],
     ] as const) {
       for (const file of await sqlFiles(directory)) {

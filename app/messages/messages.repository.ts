@@ -140,3 +140,84 @@ export async function findTemplateBody(
     .executeTakeFirst();
   return row?.body;
 }
+
+/** A file attached to a message, as the message lists it. */
+export interface AttachmentRow {
+  message_id: string;
+  file_id: string;
+  file_name: string;
+  content_type: string;
+  size_bytes: string;
+}
+
+/**
+ * The ids among `fileIds` that name uploaded files of the current tenant (RLS hides the others),
+ * locked against deletion until the transaction ends.
+ *
+ * @example
+ * ```ts
+ * const usable = await findUploadedFileIds(db, ['0d5c…']);
+ * ```
+ */
+export async function findUploadedFileIds(
+  db: Kysely<AppDatabase>,
+  fileIds: readonly string[],
+): Promise<Set<string>> {
+  const result = await sql<{ id: string }>`
+    select id from tenantry.files
+     where tenant_id = tenantry.current_tenant_id() and id = any(${[...fileIds]}::uuid[])
+       and status = 'uploaded'
+       for key share`.execute(db);
+  return new Set(result.rows.map((row) => row.id));
+}
+
+/**
+ * Attaches files to a message, in order.
+ *
+ * @example
+ * ```ts
+ * await insertAttachments(db, message, [fileId]);
+ * ```
+ */
+export async function insertAttachments(
+  db: Kysely<AppDatabase>,
+  message: Pick<MessageRow, 'id' | 'created_at_key'>,
+  fileIds: readonly string[],
+): Promise<void> {
+  if (fileIds.length === 0) return;
+  // The exact created_at (microseconds) the foreign key to the message compares with.
+  const createdAt = sql<Date>`cast(${message.created_at_key} as timestamptz)`;
+  await db
+    .insertInto('message_attachments')
+    .values(
+      fileIds.map((fileId, position) => ({
+        message_id: message.id,
+        message_created_at: createdAt,
+        file_id: fileId,
+        position,
+      })),
+    )
+    .execute();
+}
+
+/**
+ * The attachments of some messages of the current tenant, each message's in order.
+ *
+ * @example
+ * ```ts
+ * const attachments = await listAttachments(db, [messageId]);
+ * ```
+ */
+export async function listAttachments(
+  db: Kysely<AppDatabase>,
+  messageIds: readonly string[],
+): Promise<AttachmentRow[]> {
+  if (messageIds.length === 0) return [];
+  const result = await sql<AttachmentRow>`
+    select a.message_id, a.file_id, f.file_name, f.content_type, f.size_bytes::text as size_bytes
+      from message_attachments a
+      join tenantry.files f on f.tenant_id = a.tenant_id and f.id = a.file_id
+     where a.tenant_id = tenantry.current_tenant_id() and a.message_id = any(${[...messageIds]}::uuid[])
+     order by a.message_id, a.position`.execute(db);
+  return result.rows;
+}

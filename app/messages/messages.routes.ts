@@ -4,7 +4,7 @@ import { ConversationParams, ProblemSchema } from '../conversations/conversation
 import { idempotent } from '../http/idempotency.ts';
 import { Page, PageQuery } from '../http/pagination.ts';
 import type { AppInstance, AppServices } from '../http/types.ts';
-import { listMessages, maxMessageLength, sendMessage } from './messages.service.ts';
+import { listMessages, maxAttachments, maxMessageLength, sendMessage } from './messages.service.ts';
 
 const MessageSchema = Type.Object({
   id: Type.String({ format: 'uuid' }),
@@ -22,6 +22,15 @@ const MessageSchema = Type.Object({
   senderId: Type.Union([Type.String({ format: 'uuid' }), Type.Null()]),
   providerMessageId: Type.Union([Type.String(), Type.Null()]),
   createdAt: Type.String({ format: 'date-time' }),
+  attachments: Type.Array(
+    Type.Object({
+      fileId: Type.String({ format: 'uuid' }),
+      fileName: Type.String(),
+      contentType: Type.String(),
+      sizeBytes: Type.Integer(),
+    }),
+    { description: 'Download one with GET /files/{fileId}/download' },
+  ),
 });
 
 const SendMessageBody = Type.Object(
@@ -34,6 +43,12 @@ const SendMessageBody = Type.Object(
       Type.Array(Type.String({ minLength: 1, maxLength: 1024 }), {
         maxItems: 20,
         description: 'Values of the template placeholders {{1}}..{{n}}, in order',
+      }),
+    ),
+    attachmentIds: Type.Optional(
+      Type.Array(Type.String({ format: 'uuid' }), {
+        maxItems: maxAttachments,
+        description: 'Uploaded files of the workspace to attach (POST /files, then confirm)',
       }),
     ),
   },

@@ -5,14 +5,29 @@ import type { AppDatabase } from '../database.ts';
 import { AppError } from '../errors.ts';
 import { decodeCursor, toPage } from '../http/pagination.ts';
 import {
+  type AttachmentRow,
   findTemplateBody,
+  findUploadedFileIds,
+  insertAttachments,
   insertMessage,
+  listAttachments,
   listMessageRows,
   type MessageRow,
 } from './messages.repository.ts';
 
 /** The longest message body, in characters. */
 export const maxMessageLength = 4096;
+
+/** The most files one message carries. */
+export const maxAttachments = 10;
+
+/** A file attached to a message; download it with `GET /files/:id/download`. */
+export interface MessageAttachment {
+  fileId: string;
+  fileName: string;
+  contentType: string;
+  sizeBytes: number;
+}
 
 /** A message as the API returns it. */
 export interface Message {
@@ -24,6 +39,7 @@ export interface Message {
   senderId: string | null;
   providerMessageId: string | null;
   createdAt: string;
+  attachments: MessageAttachment[];
 }
 
 /** What `POST /conversations/:id/messages` accepts: a body, or a template and its variables. */
@@ -31,9 +47,11 @@ export interface NewMessage {
   body?: string | undefined;
   templateId?: string | undefined;
   variables?: readonly string[] | undefined;
+  /** Uploaded files of the workspace to attach. */
+  attachmentIds?: readonly string[] | undefined;
 }
 
-function toMessage(row: MessageRow): Message {
+function toMessage(row: MessageRow, attachments: readonly AttachmentRow[] = []): Message {
   return {
     id: row.id,
     conversationId: row.conversation_id,
@@ -43,7 +61,38 @@ function toMessage(row: MessageRow): Message {
     senderId: row.sender_id,
     providerMessageId: row.provider_message_id,
     createdAt: row.created_at.toISOString(),
+    attachments: attachments
+      .filter((attachment) => attachment.message_id === row.id)
+      .map((attachment) => ({
+        fileId: attachment.file_id,
+        fileName: attachment.file_name,
+        contentType: attachment.content_type,
+        sizeBytes: Number(attachment.size_bytes),
+      })),
   };
+}
+
+async function requireUploadedFiles(
+  db: Kysely<AppDatabase>,
+  fileIds: readonly string[],
+): Promise<string[]> {
+  const ids = fileIds.map((id) => id.toLowerCase());
+  if (new Set(ids).size !== ids.length) {
+    throw validation('/body/attachmentIds', 'lists a file twice');
+  }
+  if (ids.length === 0) return ids;
+  const usable = await findUploadedFileIds(db, ids);
+  const errors = ids.flatMap((id, index) =>
+    usable.has(id)
+      ? []
+      : [{ pointer: `/body/attachmentIds/${index}`, message: 'names no uploaded file' }],
+  );
+  if (errors.length > 0) {
+    throw new TenantryError('TENANTRY_ERR_DB_INVALID_REFERENCE', 'Attachment not found.', {
+      details: { errors },
+    });
+  }
+  return ids;
 }
 
 function validation(pointer: string, message: string): TenantryError {
@@ -100,7 +149,8 @@ export function renderTemplate(template: string, variables: readonly string[]): 
  *
  * @throws TenantryError `TENANTRY_ERR_HTTP_NOT_FOUND` (conversation, the same for another
  *   tenant's), `TENANTRY_ERR_HTTP_VALIDATION` (neither or both of body and templateId),
- *   `TENANTRY_ERR_DB_INVALID_REFERENCE` (template not visible).
+ *   `TENANTRY_ERR_DB_INVALID_REFERENCE` (template, or an attachment that is not an uploaded file
+ *   of the workspace).
  * @example
  * ```ts
  * const message = await sendMessage(db, conversationId, { body: 'On its way!' }, userId);
@@ -132,6 +182,7 @@ export async function sendMessage(
     }
     body = renderTemplate(template, input.variables ?? []);
   }
+  const attachmentIds = await requireUploadedFiles(db, input.attachmentIds ?? []);
   const row = await insertMessage(db, {
     conversationId,
     direction: 'outbound',
@@ -142,8 +193,9 @@ export async function sendMessage(
   if (row === undefined) {
     throw new TenantryError('TENANTRY_ERR_DB_QUERY_FAILED', 'The message was not stored.');
   }
+  await insertAttachments(db, row, attachmentIds);
   await touchConversation(db, conversationId, row.created_at);
-  return toMessage(row);
+  return toMessage(row, attachmentIds.length === 0 ? [] : await listAttachments(db, [row.id]));
 }
 
 /**
@@ -179,5 +231,12 @@ export async function listMessages(
   }
   const rows = await listMessageRows(db, conversationId, { order, after }, query.limit + 1);
   const page = toPage(rows, query.limit, (row) => [order, row.created_at_key, row.id]);
-  return { items: page.items.map(toMessage), nextCursor: page.nextCursor };
+  const attachments = await listAttachments(
+    db,
+    page.items.map((item) => item.id),
+  );
+  return {
+    items: page.items.map((item) => toMessage(item, attachments)),
+    nextCursor: page.nextCursor,
+  };
 }

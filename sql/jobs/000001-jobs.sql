@@ -29,7 +29,7 @@ create index tenantry_jobs_locked_idx
 create function :"tenantry_schema".skip_settled_job_update()
   returns trigger
   language plpgsql
-  set search_path = pg_catalog
+  set search_path = pg_catalog, pg_temp
   as $fn$
 begin
   return null;
@@ -48,7 +48,7 @@ create function :"tenantry_schema".job_backlog(p_tenant uuid)
   returns integer
   language sql
   stable
-  set search_path = pg_catalog
+  set search_path = pg_catalog, pg_temp
   as $fn$
     select count(*)::integer from (
       select 1 from graphile_worker._private_jobs j
@@ -64,7 +64,7 @@ create function :"tenantry_schema".check_job_spec(
   returns void
   language plpgsql
   immutable
-  set search_path = pg_catalog
+  set search_path = pg_catalog, pg_temp
   as $fn$
 begin
   if p_task is null or p_task !~ '^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*$' or length(p_task) > 100 then
@@ -96,7 +96,7 @@ create function :"tenantry_schema".check_job_run_at(p_run_at timestamptz)
   returns void
   language plpgsql
   immutable
-  set search_path = pg_catalog
+  set search_path = pg_catalog, pg_temp
   as $fn$
 begin
   if p_run_at is not null and not isfinite(p_run_at) then
@@ -119,7 +119,7 @@ create function :"tenantry_schema".enqueue_job(
   returns bigint
   language plpgsql
   security definer
-  set search_path = pg_catalog
+  set search_path = pg_catalog, pg_temp
   as $fn$
 declare
   v_tenant uuid := :"tenantry_schema".current_tenant_id();
@@ -161,7 +161,7 @@ create function :"tenantry_schema".enqueue_jobs(
   returns bigint[]
   language plpgsql
   security definer
-  set search_path = pg_catalog
+  set search_path = pg_catalog, pg_temp
   as $fn$
 declare
   v_tenant uuid := :"tenantry_schema".current_tenant_id();
@@ -187,7 +187,7 @@ begin
       select row(p_task,
                  json_build_object('tenantId', v_tenant, 'data', d.data),
                  null, p_run_at, p_max_attempts, null,
-                 least(v_backlog + d.position - 1, 32767),
+                 least(v_backlog + d.position - 1, 1000),
                  array['tenant:' || v_tenant::text])::graphile_worker.job_spec
         from unnest(p_data) with ordinality as d(data, position)
        order by d.position)) j;
@@ -201,20 +201,21 @@ grant execute on function :"tenantry_schema".enqueue_jobs(text, jsonb[], timesta
 -- Completes a job inside its own tenant transaction: the worker sends it with the job's COMMIT,
 -- so the job row disappears if and only if the job's work commits. It refuses (and so aborts the
 -- COMMIT) when the job is no longer held by that worker: a worker taken for dead, whose job was
--- released and picked up again, cannot commit the same work a second time; the attempt number
--- tells two runs apart even when the same worker fetched its released job again. The app role can
--- only remove a job of its current tenant that the named worker holds in that attempt.
-create function :"tenantry_schema".complete_job(p_job_id bigint, p_worker text, p_attempt integer)
+-- released and picked up again, cannot commit the same work a second time; the lock time tells two
+-- runs apart even when the same worker fetched its released job again (to the millisecond, the
+-- precision the worker reads it with). The app role can only remove a job of its current tenant
+-- that the named worker holds since that time.
+create function :"tenantry_schema".complete_job(p_job_id bigint, p_worker text, p_locked_at timestamptz)
   returns void
   language plpgsql
   security definer
-  set search_path = pg_catalog
+  set search_path = pg_catalog, pg_temp
   as $fn$
 begin
   delete from graphile_worker._private_jobs j
    where j.id = p_job_id
      and j.locked_by = p_worker
-     and j.attempts = p_attempt
+     and abs(extract(epoch from j.locked_at - p_locked_at)) < 0.001
      and j.payload ->> 'tenantId' = :"tenantry_schema".current_tenant_id()::text;
   if not found then
     raise exception 'job % is not held by worker %', p_job_id, p_worker
@@ -222,8 +223,8 @@ begin
   end if;
 end
 $fn$;
-revoke all on function :"tenantry_schema".complete_job(bigint, text, integer) from public;
-grant execute on function :"tenantry_schema".complete_job(bigint, text, integer) to :"app_role";
+revoke all on function :"tenantry_schema".complete_job(bigint, text, timestamptz) from public;
+grant execute on function :"tenantry_schema".complete_job(bigint, text, timestamptz) to :"app_role";
 
 create table :"tenantry_schema".scheduled_job_runs (
   tenant_id uuid not null,

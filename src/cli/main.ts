@@ -3,6 +3,7 @@ import { formatDoctorReport, runDoctor } from '../doctor/doctor.ts';
 import { isTenantryError } from '../errors.ts';
 import { jobsMigrationSource } from '../jobs/index.ts';
 import { migrate } from '../migrations/migrate.ts';
+import { storageMigrationSource } from '../storage/index.ts';
 import { createTenantry } from '../tenantry.ts';
 import { loadCliConfig } from './config.ts';
 import { createConsoleLogger } from './console-logger.ts';
@@ -33,7 +34,7 @@ async function withDatabase<T>(fn: (database: PreparedDatabase) => Promise<T>): 
 async function applyMigrations(database: PreparedDatabase, directory: string) {
   const summary = await migrate({
     connectionString: database.adminUrl,
-    sources: [jobsMigrationSource(), { name: 'app', directory }],
+    sources: [jobsMigrationSource(), storageMigrationSource(), { name: 'app', directory }],
     logger,
   });
   const applied = summary.applied.length;

@@ -174,7 +174,11 @@ export async function bootstrapDatabase(options: BootstrapOptions): Promise<void
     const analytics = quoteIdentifier(roles.analytics);
     await target.query(`
       revoke all on database ${db} from public;
-      grant connect, temporary on database ${db} to ${app}, ${analytics};
+      -- No TEMPORARY for the app role: its temporary schema is searched first for types and
+      -- relations, the first thing an attacker with SQL injection would plant objects in.
+      revoke temporary on database ${db} from ${app};
+      grant connect on database ${db} to ${app};
+      grant connect, temporary on database ${db} to ${analytics};
       grant connect, create, temporary on database ${db} to ${owner};
       revoke create on schema public from public;
       grant usage, create on schema public to ${owner};

@@ -360,7 +360,7 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
     );
   };
 
-  const completeSql = `select ${t}.complete_job($1::bigint, $2::text, $3::integer)`;
+  const completeSql = `select ${t}.complete_job($1::bigint, $2::text, $3::timestamptz)`;
   const setCommit = (tenantry as unknown as Record<symbol, unknown>)[setCommitStatement];
   // The job row is deleted with the job's COMMIT, in the same round trip. A Tenantry instance
   // from another copy of the package lacks the hook: the statement then runs on its own, last.
@@ -369,7 +369,7 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
       setCommit.call(tenantry, completeSql, values);
       return;
     }
-    return sql`select ${sql.id(schema, 'complete_job')}(${values[0]}::bigint, ${values[1]}::text, ${values[2]}::integer)`
+    return sql`select ${sql.id(schema, 'complete_job')}(${values[0]}::bigint, ${values[1]}::text, ${values[2]}::timestamptz)`
       .execute(db as Parameters<ReturnType<typeof sql>['execute']>[0])
       .then(() => undefined);
   };
@@ -428,7 +428,7 @@ export async function createJobWorker<DB>(options: JobWorkerOptions<DB>): Promis
       }
       await acquireSlot(tenantId);
       const started = performance.now();
-      const completion = [jobId, job.locked_by, job.attempts];
+      const completion = [jobId, job.locked_by, job.locked_at];
       try {
         await tenantry.withTenant(tenantId, async (db) => {
           let payload: unknown;

@@ -126,7 +126,8 @@ export async function createTestDatabase(
   await withClient(withDatabase(cluster.adminUrl, name), async (client) => {
     await client.query(`
       revoke all on database ${quoteIdentifier(name)} from public;
-      grant connect, temporary on database ${quoteIdentifier(name)} to ${quoteIdentifier(defaultRoleNames.app)}, ${quoteIdentifier(defaultRoleNames.analytics)};`);
+      grant connect on database ${quoteIdentifier(name)} to ${quoteIdentifier(defaultRoleNames.app)};
+      grant connect, temporary on database ${quoteIdentifier(name)} to ${quoteIdentifier(defaultRoleNames.analytics)};`);
   });
   const adminUrl = withDatabase(cluster.adminUrl, name);
   return Object.freeze({
