@@ -74,8 +74,8 @@ export interface JobWorkerOptions<DB> {
   readonly limitsCacheMs?: number;
   /**
    * Jobs fetched ahead in one query and held by this worker (graphile-worker's local queue).
-   * Fewer fetch queries under load; the jobs held wait behind this worker's running ones, and
-   * count against their tenants' limits meanwhile. 0 fetches one job at a time.
+   * Fewer fetch queries under load; the jobs held wait behind this worker's running ones (other
+   * workers count them as running for the per-tenant limits). 0 fetches one job at a time.
    * @defaultValue 0
    */
   readonly prefetch?: number;
