@@ -171,7 +171,7 @@ export async function buildApp(options: BuildAppOptions): Promise<AppInstance> {
   await app.register(webhooksRoutes, services);
   const files = options.files;
   if (files?.localHandler !== undefined) {
-    await app.register(localFilesRoutes, { handler: files.localHandler });
+    await app.register(localFilesRoutes, { handler: files.localHandler(options.tenantry) });
   }
   for (const prefix of tenantPrefixes) {
     await app.register(workspacesRoutes, { ...services, prefix });

@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { type CliConfig, loadCliConfig, TenantryError } from 'tenantry';
 
@@ -195,6 +197,32 @@ function loadStorageConfig(
     baseUrl: `${publicUrl.replace(/\/+$/, '')}/files`,
     maxUploadBytes,
   });
+}
+
+/**
+ * The development JWT and storage-URL secrets, each generated once per data folder (the parent of
+ * the embedded database's directory, mode 0600) so tokens and signed URLs survive a restart and
+ * `tenantry worker` shares them with `npm start`. Production sets TENANTRY_JWT_SECRET and
+ * TENANTRY_STORAGE_SECRET.
+ *
+ * @example
+ * ```ts
+ * const config = loadAppConfig(process.env, developmentSecret(process.env));
+ * ```
+ */
+export function developmentSecret(env: NodeJS.ProcessEnv): (purpose: 'jwt' | 'storage') => string {
+  const directory = dirname(resolve(loadCliConfig(env).embeddedDirectory));
+  return (purpose) => {
+    const path = join(directory, `app-${purpose}-secret`);
+    try {
+      return readFileSync(path, 'utf8').trim();
+    } catch {
+      const secret = randomBytes(48).toString('base64url');
+      mkdirSync(directory, { recursive: true, mode: 0o700 });
+      writeFileSync(path, `${secret}\n`, { mode: 0o600 });
+      return secret;
+    }
+  };
 }
 
 /**

@@ -1,13 +1,9 @@
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
 import pino from 'pino';
 import {
   createMigrationCheck,
   createTenantDirectory,
   createTenantry,
   isTenantryError,
-  loadCliConfig,
   migrate,
   prepareDatabase,
   requireAppUrl,
@@ -15,7 +11,7 @@ import {
 import { createJobWorker, type JobWorker, jobsMigrationSource } from 'tenantry/jobs';
 import { storageMigrationSource } from 'tenantry/storage';
 import { buildApp } from './app.ts';
-import { loadAppConfig } from './config.ts';
+import { developmentSecret, loadAppConfig } from './config.ts';
 import type { AppDatabase } from './database.ts';
 import { type AppStorage, createAppStorage } from './files/app-storage.ts';
 import { setupJobs } from './jobs.ts';
@@ -23,30 +19,8 @@ import { seedDemo } from './seed.ts';
 
 const migrationsDirectory = new URL('./migrations/', import.meta.url).pathname;
 
-/**
- * The development JWT and storage-URL secrets, each generated once per data folder (mode 0600) so
- * tokens and signed URLs survive a restart. Production sets TENANTRY_JWT_SECRET and
- * TENANTRY_STORAGE_SECRET.
- */
-function developmentSecret(directory: string): (purpose: 'jwt' | 'storage') => string {
-  return (purpose) => {
-    const path = join(directory, `app-${purpose}-secret`);
-    try {
-      return readFileSync(path, 'utf8').trim();
-    } catch {
-      const secret = randomBytes(48).toString('base64url');
-      mkdirSync(directory, { recursive: true, mode: 0o700 });
-      writeFileSync(path, `${secret}\n`, { mode: 0o600 });
-      return secret;
-    }
-  };
-}
-
 async function main(): Promise<void> {
-  const config = loadAppConfig(
-    process.env,
-    developmentSecret(dirname(loadCliConfig(process.env).embeddedDirectory)),
-  );
+  const config = loadAppConfig(process.env, developmentSecret(process.env));
   const logger = pino({ level: config.logLevel });
   // The app stops the embedded server itself, after in-flight requests finish.
   const database = await prepareDatabase({ ...config.database, stopOnSignal: false }, logger);

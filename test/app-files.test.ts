@@ -187,6 +187,12 @@ describe('files API', () => {
       'TENANTRY_ERR_STORAGE_URL_INVALID',
     );
     assertProblem(await useSignedUrl(upload.url, 'GET'), 403, 'TENANTRY_ERR_STORAGE_URL_INVALID');
+    // The upload URL is still within its expiry, but its file is no longer pending.
+    assertProblem(
+      await useSignedUrl(upload.url, 'PUT', { headers: upload.headers, body: bytes }),
+      404,
+      'TENANTRY_ERR_STORAGE_FILE_NOT_FOUND',
+    );
 
     const deleted = await call(a, 'DELETE', `/v1/files/${fileId}`);
     assert.equal(deleted.statusCode, 204, deleted.body);
@@ -196,7 +202,9 @@ describe('files API', () => {
       'TENANTRY_ERR_STORAGE_FILE_NOT_FOUND',
     );
     assertProblem(await useSignedUrl(url, 'GET'), 404, 'TENANTRY_ERR_STORAGE_FILE_NOT_FOUND');
-    assert.equal(await fileStatus(fileId), undefined);
+    // Marked in the request's transaction; the object and row go with the hourly cleanup.
+    assert.equal(await fileStatus(fileId), 'deleted');
+    assert.deepEqual(bodyOf(await call(a, 'GET', '/v1/files/usage')), { files: 0, bytes: 0 });
   });
 
   test('another workspace gets 404 for a file id and cannot reach the object by editing a URL', async () => {
@@ -278,12 +286,13 @@ describe('files API', () => {
     const bytes = Buffer.from('the real bytes');
     const other = createHash('sha256').update('other bytes').digest('hex');
     const { fileId, upload } = await requestUpload(a, bytes, { sha256: other });
+    // The signed URL binds the declared digest: the upload itself is refused, nothing stored.
     const put = await useSignedUrl(upload.url, 'PUT', { headers: upload.headers, body: bytes });
-    assert.equal(put.statusCode, 204, put.body);
+    assertProblem(put, 422, 'TENANTRY_ERR_STORAGE_UPLOAD_MISMATCH');
+    assert.match(bodyOf(put).detail, /SHA-256/);
     const confirmed = await call(a, 'POST', `/v1/files/${fileId}/confirm`);
-    assertProblem(confirmed, 422, 'TENANTRY_ERR_STORAGE_UPLOAD_MISMATCH');
-    assert.match(bodyOf(confirmed).detail, /SHA-256/);
-    assert.equal(await fileStatus(fileId), 'deleted');
+    assertProblem(confirmed, 409, 'TENANTRY_ERR_STORAGE_UPLOAD_MISSING');
+    assert.equal(await fileStatus(fileId), 'pending');
     assertProblem(
       await call(a, 'GET', `/v1/files/${fileId}/download`),
       404,
@@ -300,7 +309,9 @@ describe('files API', () => {
     assertProblem(response, 413, 'TENANTRY_ERR_STORAGE_TOO_LARGE');
   });
 
-  test('unconfirmed uploads whose URL expired are removed by the hourly job', async () => {
+  test('the hourly job removes expired unconfirmed uploads and purges deleted files', async () => {
+    const deleted = await uploadFile(a, Buffer.from('deleted by the user'));
+    assert.equal((await call(a, 'DELETE', `/v1/files/${deleted}`)).statusCode, 204);
     const stale = (await requestUpload(a, Buffer.from('never sent'))).fileId;
     const fresh = (await requestUpload(a, Buffer.from('still coming'))).fileId;
     await queryAsAdmin(
@@ -310,11 +321,17 @@ describe('files API', () => {
     );
     await withWorker(async (worker) => {
       await worker.runSchedule('storage-cleanup-pending', new Date('2026-01-01T10:00:00Z'));
-      await waitFor('the stale upload to be removed', async () =>
-        (await fileStatus(stale)) === undefined ? true : undefined,
+      await waitFor('the stale upload and the deleted file to be removed', async () =>
+        (await fileStatus(stale)) === undefined && (await fileStatus(deleted)) === undefined
+          ? true
+          : undefined,
       );
     });
     assert.equal(await fileStatus(fresh), 'pending');
+    assert.equal(
+      await testApp.files.storage.driver.head(`tenants/${a.tenantId}/${deleted}`),
+      undefined,
+    );
   });
 });
 

@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
-import { readdir } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -425,20 +427,30 @@ describe('tenantry jobs and tenantry worker', () => {
     assert.doesNotMatch(without.stderr, /\n\s+at /);
   });
 
-  test("worker runs the reference app's jobs module and stops on SIGINT", async () => {
-    const worker = startWorker(['--jobs', 'app/jobs.ts', '--concurrency', '2'], env);
+  test("worker runs the reference app's jobs module, storage jobs included, and stops on SIGINT", async () => {
+    const storageRoot = await mkdtemp(join(tmpdir(), 'tenantry-worker-files-'));
+    const worker = startWorker(['--jobs', 'app/worker.ts', '--concurrency', '2'], {
+      ...env,
+      TENANTRY_STORAGE_SECRET: randomBytes(48).toString('base64url'),
+      TENANTRY_STORAGE_ROOT: storageRoot,
+      TENANTRY_JWT_SECRET: randomBytes(48).toString('base64url'),
+    });
     try {
       const started = await waitFor(
         'the worker to start',
         () => /job worker started [^\n]*jobs=(\[[^\]]*\])/.exec(worker.stderr())?.[1],
       );
-      assert.ok((JSON.parse(started) as string[]).length > 0, worker.stderr());
+      const names = JSON.parse(started) as string[];
+      for (const name of ['broadcast.dispatch', 'contacts.export', 'storage.cleanup-pending']) {
+        assert.ok(names.includes(name), `${name} missing from ${started}`);
+      }
       worker.signal('SIGINT');
       const [code] = await worker.exited;
       assert.equal(code, 0, worker.stderr());
       assert.match(worker.stderr(), /job worker stopped/);
     } finally {
       worker.signal('SIGKILL');
+      await rm(storageRoot, { recursive: true, force: true });
     }
   });
 

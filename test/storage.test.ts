@@ -353,7 +353,14 @@ describe('storage service', () => {
         sha256: sha256(declared),
       }),
     );
-    assert.equal((await put(checksum.upload, sent)).status, 204);
+    // The signed URL binds the declared digest: other bytes are refused and nothing is stored.
+    assert.equal((await put(checksum.upload, sent)).status, 422);
+    assert.equal(await driver.head(`tenants/${tenantA}/${checksum.fileId}`), undefined);
+    // A server that does not enforce it (written directly here): confirmation catches it.
+    await driver.writeObject(`tenants/${tenantA}/${checksum.fileId}`, [sent], {
+      size: 40,
+      contentType: 'application/octet-stream',
+    });
     const rejected = await inTenant(tenantA, (db) => storage.confirmUpload(db, checksum.fileId));
     assert.equal(rejected.status, 'deleted');
     assert.match(rejected.error ?? '', /SHA-256/);
@@ -411,17 +418,131 @@ describe('storage service', () => {
     });
   });
 
-  test('deleting a file removes the row and the object', async () => {
+  test('deleting a file hides it at once; purge removes the object and the row after commit', async () => {
     const { fileId } = await uploadedFile(tenantA, randomBytes(12));
     const key = `tenants/${tenantA}/${fileId}`;
-    assert.ok(await driver.head(key));
     await inTenant(tenantA, (db) => storage.deleteFile(db, fileId));
+    // Gone for the tenant: not found, not downloadable, not counted, not deletable twice.
+    for (const call of [
+      (db: Kysely<ReferenceDatabase>): Promise<unknown> => storage.getFile(db, fileId),
+      (db: Kysely<ReferenceDatabase>) => storage.requestDownload(db, fileId),
+      (db: Kysely<ReferenceDatabase>) => storage.deleteFile(db, fileId),
+    ]) {
+      await assert.rejects(inTenant(tenantA, call), code('TENANTRY_ERR_STORAGE_FILE_NOT_FOUND'));
+    }
+    // The object stays until the purge, which runs in a unit of work of its own.
+    assert.ok(await driver.head(key));
+    assert.equal((await rowOf(fileId))?.status, 'deleted');
+    // Another tenant's purge does not touch it.
+    assert.equal(await inTenant(tenantB, (db) => storage.purgeDeletedFiles(db)), 0);
+    assert.ok(await driver.head(key));
+    assert.equal(await inTenant(tenantA, (db) => storage.purgeDeletedFiles(db)), 1);
     assert.equal(await driver.head(key), undefined);
     assert.equal(await rowOf(fileId), undefined);
+    assert.equal(await inTenant(tenantA, (db) => storage.purgeDeletedFiles(db)), 0);
+  });
+
+  test('allowsSignedAccess follows the registry: GET uploaded, PUT pending, never deleted or foreign', async () => {
+    const pending = await inTenant(tenantA, (db) =>
+      storage.requestUpload(db, { fileName: 'p', size: 3, contentType: 'text/plain' }),
+    );
+    const pendingKey = `tenants/${tenantA}/${pending.fileId}`;
+    const { fileId } = await uploadedFile(tenantA, randomBytes(4));
+    const key = `tenants/${tenantA}/${fileId}`;
+    const allows = (tenantId: string, method: 'GET' | 'PUT', objectKey: string) =>
+      inTenant(tenantId, (db) => storage.allowsSignedAccess(db, method, objectKey));
+    assert.equal(await allows(tenantA, 'PUT', pendingKey), true);
+    assert.equal(await allows(tenantA, 'GET', pendingKey), false);
+    assert.equal(await allows(tenantA, 'GET', key), true);
+    assert.equal(await allows(tenantA, 'PUT', key), false);
+    assert.equal(await allows(tenantB, 'GET', key), false);
+    assert.equal(await allows(tenantB, 'PUT', pendingKey), false);
+    await inTenant(tenantA, (db) => storage.deleteFile(db, fileId));
+    assert.equal(await allows(tenantA, 'GET', key), false);
+  });
+
+  test('a delete whose unit of work rolls back leaves the file downloadable', async () => {
+    const tenantF = await createTenant(`storage-f-${randomBytes(3).toString('hex')}`);
+    const body = randomBytes(9);
+    const { fileId } = await uploadedFile(tenantF, body);
     await assert.rejects(
-      inTenant(tenantA, (db) => storage.deleteFile(db, fileId)),
+      inTenant(tenantF, async (db) => {
+        await storage.deleteFile(db, fileId);
+        // Misuse, purging in the deleting unit of work: it skips files deleted in this one.
+        assert.equal(await storage.purgeDeletedFiles(db), 0);
+        throw new Error('rolled back');
+      }),
+      /rolled back/,
+    );
+    const download = await inTenant(tenantF, (db) => storage.requestDownload(db, fileId));
+    const response = await fetch(download.url);
+    assert.equal(response.status, 200);
+    assert.deepEqual(Buffer.from(await response.arrayBuffer()), body);
+    assert.equal((await rowOf(fileId))?.status, 'uploaded');
+  });
+
+  test('putObject stores server bytes as an uploaded file of the current tenant', async () => {
+    const body = Buffer.from('id,name\r\n1,Ada\r\n');
+    const file = await inTenant(tenantA, (db) =>
+      storage.putObject(db, { fileName: 'export.csv', contentType: 'text/csv', body }),
+    );
+    assert.equal(file.status, 'uploaded');
+    assert.equal(file.tenantId, tenantA);
+    assert.equal(file.sizeBytes, body.length);
+    assert.equal(file.sha256, sha256(body));
+    assert.equal(file.objectKey, `tenants/${tenantA}/${file.id}`);
+    assert.deepEqual(await driver.head(file.objectKey), {
+      size: body.length,
+      contentType: 'text/csv',
+      sha256: sha256(body),
+    });
+    const download = await inTenant(tenantA, (db) => storage.requestDownload(db, file.id));
+    assert.deepEqual(Buffer.from(await (await fetch(download.url)).arrayBuffer()), body);
+    await assert.rejects(
+      inTenant(tenantB, (db) => storage.getFile(db, file.id)),
       code('TENANTRY_ERR_STORAGE_FILE_NOT_FOUND'),
     );
+  });
+
+  test('putObject refuses bad input and stores nothing', async () => {
+    const before = (await registry()).length;
+    const cases: [Record<string, unknown>, TenantryErrorCode][] = [
+      [
+        { fileName: '../x.csv', contentType: 'text/csv', body: Buffer.from('x') },
+        'TENANTRY_ERR_STORAGE_NAME_INVALID',
+      ],
+      [
+        { fileName: 'x.csv', contentType: 'text/csv', body: 'x' },
+        'TENANTRY_ERR_STORAGE_REQUEST_INVALID',
+      ],
+      [
+        { fileName: 'x.bin', contentType: 'text/csv', body: Buffer.alloc(maxUploadBytes + 1) },
+        'TENANTRY_ERR_STORAGE_TOO_LARGE',
+      ],
+      [
+        {
+          fileName: 'x.csv',
+          contentType: 'text/csv; charset=utf-8\r\nx: y',
+          body: Buffer.from('x'),
+        },
+        'TENANTRY_ERR_STORAGE_REQUEST_INVALID',
+      ],
+    ];
+    for (const [request, expected] of cases) {
+      await assert.rejects(
+        inTenant(tenantA, (db) => storage.putObject(db, request as never)),
+        code(expected),
+      );
+    }
+    await assert.rejects(
+      storage.putObject(tenantry.db, {
+        fileName: 'x.csv',
+        contentType: 'text/csv',
+        body: Buffer.from('x'),
+      }),
+      code('TENANTRY_ERR_CONTEXT_MISSING'),
+    );
+    assert.equal((await registry()).length, before);
   });
 
   test('stale pending uploads are removed with their objects, only in the current tenant', async () => {

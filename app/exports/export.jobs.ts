@@ -91,7 +91,8 @@ export function createStorageJobs(files: AppStorage): StorageJobs {
     maxAttempts: 3,
     async run(_payload, ctx) {
       const removed = await files.storage.removeStalePendingUploads(ctx.db, new Date());
-      ctx.logger.debug({ removed }, 'stale uploads removed');
+      const purged = await files.storage.purgeDeletedFiles(ctx.db);
+      ctx.logger.debug({ removed, purged }, 'stale uploads and deleted files removed');
     },
   });
 

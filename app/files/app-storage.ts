@@ -1,4 +1,4 @@
-import { TenantryError } from 'tenantry';
+import { type Tenantry, TenantryError } from 'tenantry';
 import {
   createLocalStorageDriver,
   createLocalStorageHandler,
@@ -12,15 +12,19 @@ import {
   type StoredFile,
 } from 'tenantry/storage';
 import type { StorageConfig } from '../config.ts';
+import type { AppDatabase } from '../database.ts';
 
 /** The app's file storage: the Tenantry storage service and what the app adds around it. */
 export interface AppStorage {
   readonly storage: Storage;
-  /** Serves the local driver's signed URLs under `/files/*`; `undefined` with S3. */
-  readonly localHandler: LocalStorageHandler | undefined;
   /**
-   * Stores bytes the server produced (an export) as an uploaded file of the current tenant,
-   * through the same request/confirm flow as a client upload.
+   * Serves the local driver's signed URLs under `/files/*`, checking each verified URL against
+   * the file registry in its tenant's transaction on `tenantry`; `undefined` with S3.
+   */
+  readonly localHandler: ((tenantry: Tenantry<AppDatabase>) => LocalStorageHandler) | undefined;
+  /**
+   * Stores bytes the server produced (an export) as an uploaded file of the current tenant
+   * (`storage.putObject()`).
    */
   putFile(db: StorageExecutor, file: ServerFile): Promise<StoredFile>;
   /** Closes the driver. */
@@ -68,54 +72,19 @@ export function createAppStorage(config: StorageConfig): AppStorage {
       : unreachable());
   const storage = createStorage({ driver, maxUploadBytes: config.maxUploadBytes });
 
-  async function writeObject(
-    db: StorageExecutor,
-    fileId: string,
-    upload: { readonly url: string; readonly headers: Readonly<Record<string, string>> },
-    file: ServerFile,
-  ): Promise<void> {
-    if (localDriver !== undefined) {
-      // The storage service has no server-side put: the local driver writes the object directly
-      // (the key comes from the registry row the service just created in this tenant).
-      const { objectKey } = await storage.getFile(db, fileId);
-      await localDriver.writeObject(objectKey, [file.body], {
-        size: file.body.byteLength,
-        contentType: file.contentType,
-      });
-      return;
-    }
-    const response = await fetch(upload.url, {
-      method: 'PUT',
-      headers: upload.headers,
-      body: file.body,
-    });
-    if (!response.ok) {
-      throw new TenantryError(
-        'TENANTRY_ERR_STORAGE_UPLOAD_MISSING',
-        `The object store refused the upload (HTTP ${response.status}).`,
-      );
-    }
-  }
-
   return Object.freeze({
     storage,
-    localHandler: localDriver === undefined ? undefined : createLocalStorageHandler(localDriver),
-    async putFile(db: StorageExecutor, file: ServerFile) {
-      const { fileId, upload } = await storage.requestUpload(db, {
-        fileName: file.fileName,
-        size: file.body.byteLength,
-        contentType: file.contentType,
-      });
-      await writeObject(db, fileId, upload, file);
-      const stored = await storage.confirmUpload(db, fileId);
-      if (stored.status !== 'uploaded') {
-        throw new TenantryError(
-          'TENANTRY_ERR_STORAGE_UPLOAD_MISMATCH',
-          `The stored object does not match: ${stored.error ?? 'unknown reason'}.`,
-        );
-      }
-      return stored;
-    },
+    localHandler:
+      localDriver === undefined
+        ? undefined
+        : (tenantry: Tenantry<AppDatabase>) =>
+            createLocalStorageHandler(localDriver, {
+              authorize: (url) =>
+                tenantry.withTenant(url.tenantId, (db) =>
+                  storage.allowsSignedAccess(db, url.method, url.key),
+                ),
+            }),
+    putFile: (db: StorageExecutor, file: ServerFile) => storage.putObject(db, file),
     close: () => driver.close(),
   });
 }

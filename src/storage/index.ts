@@ -16,10 +16,15 @@ export {
   type LocalStorageDriverOptions,
   type VerifiedStorageUrl,
 } from './local-driver.ts';
-export { createLocalStorageHandler, type LocalStorageHandler } from './local-handler.ts';
+export {
+  createLocalStorageHandler,
+  type LocalStorageHandler,
+  type LocalStorageHandlerOptions,
+} from './local-handler.ts';
 export { storageMigrationSource, storageMigrationsDirectory } from './migration-source.ts';
 export { createS3StorageDriver, type S3StorageDriverOptions } from './s3-driver.ts';
 export type {
+  ObjectExpectation,
   SignedDownloadRequest,
   SignedUploadRequest,
   SignedUrl,
@@ -28,6 +33,7 @@ export type {
 } from './storage-driver.ts';
 export {
   createStorage,
+  type PutObjectRequest,
   type Storage,
   type StorageExecutor,
   type StorageOptions,

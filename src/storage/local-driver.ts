@@ -18,6 +18,7 @@ import { parseContentType } from './content-types.ts';
 import { parseFileName } from './file-names.ts';
 import { assertDriverKeyInTenant, parseDriverKey } from './keys.ts';
 import type {
+  ObjectExpectation,
   SignedDownloadRequest,
   SignedUploadRequest,
   SignedUrl,
@@ -48,6 +49,8 @@ export interface VerifiedStorageUrl {
   readonly size: number | undefined;
   /** Upload URLs: the exact `Content-Type`. */
   readonly contentType: string | undefined;
+  /** Upload URLs signed with a declared SHA-256: the digest the body must have (hex). */
+  readonly sha256: string | undefined;
   /** Download URLs: the `Content-Disposition` file name. */
   readonly fileName: string | undefined;
 }
@@ -71,13 +74,15 @@ export interface LocalStorageDriver extends StorageDriver {
   verifyUrl(method: string | undefined, url: string | undefined, now?: Date): VerifiedStorageUrl;
   /**
    * Streams `body` into the object at `key`: at most `size` bytes (more throws
-   * `TENANTRY_ERR_STORAGE_TOO_LARGE`), exactly `size` in the end, SHA-256 computed on the way,
-   * written once (an existing object throws `TENANTRY_ERR_STORAGE_OBJECT_EXISTS`).
+   * `TENANTRY_ERR_STORAGE_TOO_LARGE`), exactly `size` in the end, SHA-256 computed on the way
+   * (another digest than `expected.sha256`, when given, throws
+   * `TENANTRY_ERR_STORAGE_UPLOAD_MISMATCH` and stores nothing), written once (an existing object
+   * throws `TENANTRY_ERR_STORAGE_OBJECT_EXISTS`).
    */
   writeObject(
     key: string,
     body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
-    expected: { readonly size: number; readonly contentType: string },
+    expected: ObjectExpectation,
   ): Promise<StoredObject>;
   /** Opens the object at `key` for reading, or `undefined` if absent. */
   readObject(key: string): Promise<LocalObjectReader | undefined>;
@@ -89,8 +94,17 @@ interface Sidecar {
   readonly sha256: string;
 }
 
-const signedParams = ['method', 'tenant', 'expires', 'size', 'type', 'name', 'signature'];
-const uploadParams = new Set(['method', 'tenant', 'expires', 'size', 'type', 'signature']);
+const signedParams = ['method', 'tenant', 'expires', 'size', 'type', 'sha256', 'name', 'signature'];
+const uploadParams = new Set([
+  'method',
+  'tenant',
+  'expires',
+  'size',
+  'type',
+  'sha256',
+  'signature',
+]);
+const sha256Hex = /^[0-9a-f]{64}$/;
 const downloadParams = new Set(['method', 'tenant', 'expires', 'name', 'signature']);
 const decimal = /^(?:0|[1-9][0-9]{0,15})$/;
 const base64Url = /^[A-Za-z0-9_-]{43}$/;
@@ -101,8 +115,10 @@ const tenantPrefixPattern =
  * A storage driver on the local filesystem, the embedded default. Objects live at
  * `<root>/<key>` with a `<root>/.meta/<key>.json` sidecar holding their size, content type and the
  * SHA-256 computed while the upload streamed. Signed URLs point at the app itself
- * (`<baseUrl>/<key>?method=…&tenant=…&expires=…&size=…&type=…&signature=…`) and carry an
- * HMAC-SHA256 over every field, verified in constant time by {@link createLocalStorageHandler}.
+ * (`<baseUrl>/<key>?method=…&tenant=…&expires=…&size=…&type=…[&sha256=…]&signature=…`) and
+ * carry an HMAC-SHA256 over every field, verified in constant time by
+ * {@link createLocalStorageHandler}; `sha256` (when the upload declared one) makes the handler
+ * refuse a body with another digest.
  *
  * @example
  * ```ts
@@ -193,17 +209,25 @@ export function createLocalStorageDriver(options: LocalStorageDriverOptions): Lo
         );
       }
       const contentType = parseContentType(request.contentType);
+      const sha256 = request.sha256;
+      if (sha256 !== undefined && (typeof sha256 !== 'string' || !sha256Hex.test(sha256))) {
+        throw new TenantryError(
+          'TENANTRY_ERR_STORAGE_REQUEST_INVALID',
+          'sha256 must be 64 lowercase hex digits.',
+        );
+      }
       const tenant = request.tenantId.toLowerCase();
       const expires = expirySeconds(request.expiresAt);
-      const signature = sign(['PUT', request.key, tenant, expires, size, contentType, null]);
+      const signature = sign(uploadFields(request.key, tenant, expires, size, contentType, sha256));
       const query = new URLSearchParams({
         method: 'PUT',
         tenant,
         expires: String(expires),
         size: String(size),
         type: contentType,
-        signature,
       });
+      if (sha256 !== undefined) query.set('sha256', sha256);
+      query.set('signature', signature);
       return Object.freeze({
         url: `${baseUrl}/${request.key}?${query}`,
         method: 'PUT',
@@ -263,6 +287,8 @@ export function createLocalStorageDriver(options: LocalStorageDriverOptions): Lo
       let size: number | null = null;
       let contentType: string | null = null;
       let fileName: string | null = null;
+      const sha256 = values.get('sha256');
+      if (sha256 !== undefined && !sha256Hex.test(sha256)) throw invalid();
       if (signedMethod === 'PUT') {
         const sizeText = values.get('size') ?? '';
         if (!decimal.test(sizeText)) throw invalid();
@@ -273,7 +299,11 @@ export function createLocalStorageDriver(options: LocalStorageDriverOptions): Lo
       }
       const expires = Number(expiresText);
       const computed = Buffer.from(
-        sign([signedMethod, key, tenant, expires, size, contentType, fileName]),
+        sign(
+          signedMethod === 'PUT'
+            ? uploadFields(key, tenant, expires, size ?? 0, contentType ?? '', sha256)
+            : [signedMethod, key, tenant, expires, size, contentType, fileName],
+        ),
         'base64url',
       );
       const given = Buffer.from(signature, 'base64url');
@@ -290,6 +320,7 @@ export function createLocalStorageDriver(options: LocalStorageDriverOptions): Lo
         expiresAt: new Date(expires * 1000),
         size: size ?? undefined,
         contentType: contentType ?? undefined,
+        sha256,
         fileName: fileName ?? undefined,
       });
     },
@@ -328,6 +359,12 @@ export function createLocalStorageDriver(options: LocalStorageDriverOptions): Lo
           contentType: expected.contentType,
           sha256: hash.digest('hex'),
         };
+        if (expected.sha256 !== undefined && sidecar.sha256 !== expected.sha256) {
+          throw new TenantryError(
+            'TENANTRY_ERR_STORAGE_UPLOAD_MISMATCH',
+            'The body does not have the SHA-256 the URL was signed for.',
+          );
+        }
         await mkdir(dirname(target), { recursive: true });
         // link() never replaces an existing file, so an upload URL writes its object once and two
         // concurrent uploads cannot interleave an object with another upload's sidecar.
@@ -419,6 +456,23 @@ export function createLocalStorageDriver(options: LocalStorageDriverOptions): Lo
     async close() {},
   };
   return Object.freeze(driver);
+}
+
+/**
+ * The HMAC'd fields of an upload URL. A declared SHA-256 is appended, so URLs without one keep
+ * the same fields and dropping or adding one changes what is signed.
+ */
+function uploadFields(
+  key: string,
+  tenant: string,
+  expires: number,
+  size: number,
+  contentType: string,
+  sha256: string | undefined,
+): (string | number | null)[] {
+  const fields: (string | number | null)[] = ['PUT', key, tenant, expires, size, contentType, null];
+  if (sha256 !== undefined) fields.push(sha256);
+  return fields;
 }
 
 function parseRoot(value: unknown): string {

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import {
   DeleteObjectCommand,
   DeleteObjectsCommand,
@@ -12,6 +13,7 @@ import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { TenantryError } from '../errors.ts';
 import { assertDriverKeyInTenant, parseDriverKey } from './keys.ts';
 import type {
+  ObjectExpectation,
   SignedDownloadRequest,
   SignedUploadRequest,
   SignedUrl,
@@ -51,6 +53,8 @@ export interface S3StorageDriverOptions {
 const maxPresignedSeconds = 604_800;
 const deleteBatchSize = 1000;
 const sha256Hex = /^[0-9a-f]{64}$/;
+const sha256Base64 = /^[A-Za-z0-9+/]{43}=$/;
+const checksumHeader = 'x-amz-checksum-sha256';
 
 /**
  * A {@link StorageDriver} for AWS S3 and S3-compatible servers, signing URLs with SigV4 (AWS SDK
@@ -60,9 +64,12 @@ const sha256Hex = /^[0-9a-f]{64}$/;
  * control character) and is signed only under `tenants/<request.tenantId>/`; anything else throws
  * `TENANTRY_ERR_STORAGE_KEY_INVALID` before the SDK is called.
  *
- * `head()` reports `sha256` only when the object carries a `sha256` user metadata entry
- * (`x-amz-meta-sha256`, hex); browser uploads through a signed URL do not set it, so the caller
- * must verify the checksum another way when it needs one.
+ * When the upload request declares `sha256`, the URL also signs an `x-amz-checksum-sha256`
+ * header (the digest in base64, returned in `headers`): the client must send it, and S3 refuses
+ * a body whose SHA-256 differs and stores the checksum with the object. `head()` asks for it
+ * (`ChecksumMode: 'ENABLED'`) and reports it as hex; for an object uploaded without one it
+ * falls back to a `sha256` user metadata entry (`x-amz-meta-sha256`, hex), else `undefined`.
+ * A browser upload needs the bucket's CORS rules to allow the `x-amz-checksum-sha256` header.
  *
  * @example
  * ```ts
@@ -75,7 +82,9 @@ const sha256Hex = /^[0-9a-f]{64}$/;
  *   size: 1024,
  *   contentType: 'application/pdf',
  *   expiresAt: new Date(Date.now() + 5 * 60_000),
+ *   sha256: declaredSha256Hex, // optional: S3 then refuses other bytes
  * });
+ * // headers: content-type, content-length (and x-amz-checksum-sha256 when sha256 was given)
  * await fetch(upload.url, { method: upload.method, headers: upload.headers, body });
  * ```
  */
@@ -130,8 +139,11 @@ export function createS3StorageDriver(options: S3StorageDriverOptions): StorageD
           'Upload content type must be a non-empty printable header value.',
         );
       }
+      const checksum = request.sha256 === undefined ? undefined : checksumOf(request.sha256);
       await ensureChecksumConfig();
       const timing = presignTiming(request.expiresAt);
+      const signed = ['content-length', 'content-type', 'host'];
+      if (checksum !== undefined) signed.push(checksumHeader);
       const url = await getSignedUrl(
         client,
         new PutObjectCommand({
@@ -139,19 +151,24 @@ export function createS3StorageDriver(options: S3StorageDriverOptions): StorageD
           Key: request.key,
           ContentType: request.contentType,
           ContentLength: request.size,
+          ...(checksum === undefined ? {} : { ChecksumSHA256: checksum }),
         }),
         {
           ...timing.options,
-          signableHeaders: new Set(['content-type', 'content-length']),
+          signableHeaders: new Set(signed),
+          // A signed header the client must send (S3 checks the body against it), never a query
+          // parameter that a URL could carry without the client knowing.
+          unhoistableHeaders: new Set([checksumHeader]),
         },
       );
-      assertSignedHeaders(url, ['content-length', 'content-type', 'host']);
+      assertSignedHeaders(url, signed);
       return Object.freeze({
         url,
         method: 'PUT' as const,
         headers: Object.freeze({
           'content-type': request.contentType,
           'content-length': String(request.size),
+          ...(checksum === undefined ? {} : { [checksumHeader]: checksum }),
         }),
         expiresAt: timing.expiresAt,
       });
@@ -183,17 +200,87 @@ export function createS3StorageDriver(options: S3StorageDriverOptions): StorageD
     async head(key: string): Promise<StoredObject | undefined> {
       parseDriverKey(key);
       try {
-        const output = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
-        const sha256 = output.Metadata?.sha256?.toLowerCase();
+        const output = await client.send(
+          new HeadObjectCommand({ Bucket: bucket, Key: key, ChecksumMode: 'ENABLED' }),
+        );
+        const metadata = output.Metadata?.sha256?.toLowerCase();
         return Object.freeze({
           size: output.ContentLength ?? 0,
           contentType: output.ContentType,
-          sha256: sha256 !== undefined && sha256Hex.test(sha256) ? sha256 : undefined,
+          sha256:
+            hexOfChecksum(output.ChecksumSHA256) ??
+            (metadata !== undefined && sha256Hex.test(metadata) ? metadata : undefined),
         });
       } catch (error) {
         if (isNotFound(error)) return undefined;
         throw error;
       }
+    },
+
+    async writeObject(
+      key: string,
+      body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+      expected: ObjectExpectation,
+    ): Promise<StoredObject> {
+      parseDriverKey(key);
+      if (!Number.isSafeInteger(expected.size) || expected.size < 0) {
+        throw new TenantryError(
+          'TENANTRY_ERR_STORAGE_REQUEST_INVALID',
+          'size must be a non-negative integer number of bytes.',
+        );
+      }
+      if (!isHeaderValue(expected.contentType)) {
+        throw new TenantryError(
+          'TENANTRY_ERR_STORAGE_REQUEST_INVALID',
+          'Content type must be a non-empty printable header value.',
+        );
+      }
+      const declared = expected.sha256 === undefined ? undefined : checksumOf(expected.sha256);
+      // The digest must be known before the request starts (S3 checks the body against it), so
+      // the bytes are gathered first, bounded by the declared size.
+      const chunks: Uint8Array[] = [];
+      const hash = createHash('sha256');
+      let size = 0;
+      for await (const chunk of body) {
+        size += chunk.byteLength;
+        if (size > expected.size) {
+          throw new TenantryError(
+            'TENANTRY_ERR_STORAGE_TOO_LARGE',
+            'The body is larger than the declared size.',
+          );
+        }
+        hash.update(chunk);
+        chunks.push(chunk);
+      }
+      if (size !== expected.size) {
+        throw new TenantryError(
+          'TENANTRY_ERR_STORAGE_REQUEST_INVALID',
+          'The body is shorter than the declared size.',
+        );
+      }
+      const digest = hash.digest();
+      const checksum = digest.toString('base64');
+      if (declared !== undefined && declared !== checksum) {
+        throw new TenantryError(
+          'TENANTRY_ERR_STORAGE_UPLOAD_MISMATCH',
+          'The body does not have the declared SHA-256.',
+        );
+      }
+      await client.send(
+        new PutObjectCommand({
+          Bucket: bucket,
+          Key: key,
+          Body: Buffer.concat(chunks),
+          ContentType: expected.contentType,
+          ContentLength: size,
+          ChecksumSHA256: checksum,
+        }),
+      );
+      return Object.freeze({
+        size,
+        contentType: expected.contentType,
+        sha256: digest.toString('hex'),
+      });
     },
 
     async delete(key: string): Promise<void> {
@@ -291,6 +378,22 @@ function assertSignedHeaders(url: string, expected: readonly string[]): void {
       `S3 presigner produced a URL that does not bind ${expected.join(', ')} or carries a body checksum.`,
     );
   }
+}
+
+function checksumOf(sha256: string): string {
+  if (typeof sha256 !== 'string' || !sha256Hex.test(sha256)) {
+    throw new TenantryError(
+      'TENANTRY_ERR_STORAGE_REQUEST_INVALID',
+      'Upload sha256 must be 64 lowercase hex digits.',
+    );
+  }
+  return Buffer.from(sha256, 'hex').toString('base64');
+}
+
+/** The hex digest of a full-object `ChecksumSHA256`; a multipart composite (`…-N`) is not one. */
+function hexOfChecksum(checksum: string | undefined): string | undefined {
+  if (checksum === undefined || !sha256Base64.test(checksum)) return undefined;
+  return Buffer.from(checksum, 'base64').toString('hex');
 }
 
 function isHeaderValue(value: string): boolean {

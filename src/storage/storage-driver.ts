@@ -12,6 +12,18 @@ export interface StorageDriver {
   signUpload(request: SignedUploadRequest): Promise<SignedUrl>;
   /** A URL the client downloads the object from with `GET`, valid until `expiresAt`. */
   signDownload(request: SignedDownloadRequest): Promise<SignedUrl>;
+  /**
+   * Stores bytes the server itself produced at `key` (no URL involved): at most and exactly
+   * `expected.size` bytes (`TENANTRY_ERR_STORAGE_TOO_LARGE` / `TENANTRY_ERR_STORAGE_REQUEST_INVALID`
+   * otherwise), with `expected.contentType`; when `expected.sha256` is given, bytes with another
+   * digest throw `TENANTRY_ERR_STORAGE_UPLOAD_MISMATCH` and nothing is stored. Returns the object
+   * as {@link StorageDriver.head} would, with the SHA-256 computed on the way.
+   */
+  writeObject(
+    key: string,
+    body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+    expected: ObjectExpectation,
+  ): Promise<StoredObject>;
   /** The stored object's size, content type and SHA-256 (hex), or `undefined` if absent. */
   head(key: string): Promise<StoredObject | undefined>;
   /** Deletes one object; deleting an absent object succeeds. */
@@ -22,6 +34,14 @@ export interface StorageDriver {
   close(): Promise<void>;
 }
 
+/** What {@link StorageDriver.writeObject} must store. */
+export interface ObjectExpectation {
+  readonly size: number;
+  readonly contentType: string;
+  /** Hex SHA-256 the bytes must have. */
+  readonly sha256?: string;
+}
+
 /** What a driver signs for an upload. */
 export interface SignedUploadRequest {
   readonly tenantId: string;
@@ -29,6 +49,13 @@ export interface SignedUploadRequest {
   readonly size: number;
   readonly contentType: string;
   readonly expiresAt: Date;
+  /**
+   * SHA-256 the client declared for the bytes, 64 lowercase hex digits. When given, the URL binds
+   * it and the server refuses a body with another digest (S3: the signed `x-amz-checksum-sha256`
+   * header, returned in {@link SignedUrl.headers}; local: the signed `sha256` field), and
+   * {@link StorageDriver.head} reports it.
+   */
+  readonly sha256?: string;
 }
 
 /** What a driver signs for a download. */
@@ -44,7 +71,10 @@ export interface SignedDownloadRequest {
 export interface SignedUrl {
   readonly url: string;
   readonly method: 'PUT' | 'GET';
-  /** Headers the client must send (upload: `content-type`, `content-length`). */
+  /**
+   * Headers the client must send (upload: `content-type`, `content-length`, and
+   * `x-amz-checksum-sha256` on S3 when a SHA-256 was declared).
+   */
   readonly headers: Readonly<Record<string, string>>;
   readonly expiresAt: Date;
 }

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { SignedUrl, StorageDriver } from '../../src/storage/storage-driver.ts';
@@ -24,7 +24,8 @@ const oneMinuteMs = 60_000;
 
 /**
  * Registers the tests every {@link StorageDriver} must pass: a real upload and download through
- * the signed URLs, expiry, wrong-method use, delete, prefix delete and the tenant prefix rule.
+ * the signed URLs, a declared SHA-256 enforced and reported, expiry, wrong-method use, delete,
+ * prefix delete and the tenant prefix rule.
  *
  * @example
  * ```ts
@@ -114,6 +115,107 @@ export function runDriverContract(
       const plain = await send(await driver().signDownload({ tenantId, key, expiresAt }));
       assert.equal(plain.status, 200);
       assert.deepEqual(Buffer.from(await plain.arrayBuffer()), body);
+    });
+
+    test('a declared SHA-256 admits its bytes (head reports it) and refuses other bytes', async () => {
+      const tenantId = randomUUID();
+      const body = randomBytes(777);
+      const sha256 = createHash('sha256').update(body).digest('hex');
+      const sign = (key: string) =>
+        driver().signUpload({
+          tenantId,
+          key,
+          size: body.length,
+          contentType: 'application/pdf',
+          expiresAt: new Date(Date.now() + oneMinuteMs),
+          sha256,
+        });
+
+      const key = `tenants/${tenantId}/files/${randomUUID()}`;
+      const uploaded = await send(await sign(key), body);
+      assert.ok(uploaded.ok, `upload with its own checksum failed with ${uploaded.status}`);
+      assert.deepEqual(await driver().head(key), {
+        size: body.length,
+        contentType: 'application/pdf',
+        sha256,
+      });
+
+      const otherKey = `tenants/${tenantId}/files/${randomUUID()}`;
+      const other = Buffer.from(body);
+      other[0] = (other[0] ?? 0) ^ 1;
+      const refused = await send(await sign(otherKey), other);
+      assert.ok(refused.status >= 400, `upload of other bytes got ${refused.status}`);
+      assert.equal(await driver().head(otherKey), undefined, 'other bytes were stored');
+
+      for (const bad of [sha256.toUpperCase(), sha256.slice(1), `${sha256.slice(1)}g`, '']) {
+        await assert.rejects(
+          driver().signUpload({
+            tenantId,
+            key: otherKey,
+            size: 1,
+            contentType: 'text/plain',
+            expiresAt: new Date(Date.now() + oneMinuteMs),
+            sha256: bad,
+          }),
+          `signUpload accepted sha256 ${JSON.stringify(bad)}`,
+        );
+      }
+    });
+
+    test('writeObject stores server bytes with their SHA-256, and refuses wrong size or digest', async () => {
+      const tenantId = randomUUID();
+      const body = randomBytes(1500);
+      const sha256 = createHash('sha256').update(body).digest('hex');
+      const key = `tenants/${tenantId}/files/${randomUUID()}`;
+      const half = body.length / 2;
+      const stored = await driver().writeObject(
+        key,
+        [body.subarray(0, half), body.subarray(half)],
+        {
+          size: body.length,
+          contentType: 'text/csv',
+          sha256,
+        },
+      );
+      assert.deepEqual({ ...stored }, { size: body.length, contentType: 'text/csv', sha256 });
+      assert.deepEqual(await driver().head(key), {
+        size: body.length,
+        contentType: 'text/csv',
+        sha256,
+      });
+      const download = await driver().signDownload({
+        tenantId,
+        key,
+        expiresAt: new Date(Date.now() + oneMinuteMs),
+        fileName: 'export.csv',
+      });
+      const response = await fetch(download.url, { headers: download.headers });
+      assert.equal(response.status, 200);
+      assert.deepEqual(Buffer.from(await response.arrayBuffer()), body);
+
+      const refused: [Buffer, { size: number; sha256?: string }, string][] = [
+        [body, { size: body.length - 1 }, 'TENANTRY_ERR_STORAGE_TOO_LARGE'],
+        [body, { size: body.length + 1 }, 'TENANTRY_ERR_STORAGE_REQUEST_INVALID'],
+        [
+          randomBytes(body.length),
+          { size: body.length, sha256 },
+          'TENANTRY_ERR_STORAGE_UPLOAD_MISMATCH',
+        ],
+      ];
+      for (const [bytes, expected, errorCode] of refused) {
+        const other = `tenants/${tenantId}/files/${randomUUID()}`;
+        await assert.rejects(
+          driver().writeObject(other, [bytes], { contentType: 'text/csv', ...expected }),
+          (error: unknown) => (error as { code?: string }).code === errorCode,
+        );
+        assert.equal(await driver().head(other), undefined, `${errorCode}: something was stored`);
+      }
+      await assert.rejects(
+        driver().writeObject('tenants/../x', [body], {
+          size: body.length,
+          contentType: 'text/csv',
+        }),
+      );
     });
 
     test('expired upload and download URLs are refused', async () => {

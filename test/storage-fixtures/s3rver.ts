@@ -1,5 +1,13 @@
+import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer, request, type Server } from 'node:http';
+import {
+  createServer,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  request,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
 import { createRequire } from 'node:module';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -25,12 +33,18 @@ type S3rverConstructor = new (options: {
 const S3rver = createRequire(import.meta.url)('s3rver') as S3rverConstructor;
 
 const region = 'us-east-1';
+const checksumHeader = 'x-amz-checksum-sha256';
+/** Where the proxy keeps a verified checksum in s3rver, which has no checksum support. */
+const storedChecksumHeader = 'x-amz-meta-tenantry-proxy-checksum-sha256';
 
 /** A running s3rver: an S3-compatible server on loopback, backed by a temporary directory. */
 export interface TestS3Server {
   /**
-   * `http://127.0.0.1:<port>` of a loopback proxy in front of s3rver that refuses presigned
-   * requests whose SigV4 signature does not verify (as AWS S3 does); other requests pass through.
+   * `http://127.0.0.1:<port>` of a loopback proxy in front of s3rver that does what AWS S3 does
+   * and s3rver does not: it refuses presigned requests whose SigV4 signature does not verify, and
+   * a `PUT` whose `x-amz-checksum-sha256` is not the SHA-256 of its body (400 `BadDigest`),
+   * keeping a verified checksum with the object and returning it on `HEAD`/`GET` sent with
+   * `x-amz-checksum-mode: ENABLED`. Other requests pass through.
    */
   readonly endpoint: string;
   /** s3rver itself, which checks expiry but not SigV4 signatures. */
@@ -41,6 +55,50 @@ export interface TestS3Server {
   readonly credentials: { readonly accessKeyId: string; readonly secretAccessKey: string };
   /** Closes the servers and removes the data directory. */
   stop(): Promise<void>;
+}
+
+/** Sends `incoming` on to s3rver, checking and keeping an `x-amz-checksum-sha256` as S3 does. */
+async function forward(
+  incoming: IncomingMessage,
+  outgoing: ServerResponse,
+  port: number,
+): Promise<void> {
+  const headers: IncomingHttpHeaders = { ...incoming.headers };
+  delete headers[storedChecksumHeader];
+  const declared = incoming.headers[checksumHeader];
+  let body: Buffer | undefined;
+  if (incoming.method === 'PUT' && declared !== undefined) {
+    const chunks: Buffer[] = [];
+    for await (const chunk of incoming) chunks.push(chunk as Buffer);
+    body = Buffer.concat(chunks);
+    const actual = createHash('sha256').update(body).digest('base64');
+    if (declared !== actual) {
+      outgoing.writeHead(400, { 'content-type': 'application/xml' });
+      outgoing.end(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>BadDigest</Code><Message>The sha256 you specified did not match the calculated checksum.</Message></Error>',
+      );
+      return;
+    }
+    headers[storedChecksumHeader] = actual;
+  }
+  const checksumMode = String(incoming.headers['x-amz-checksum-mode'] ?? '').toUpperCase();
+  const upstream = request(
+    { host: '127.0.0.1', port, method: incoming.method, path: incoming.url, headers },
+    (response) => {
+      const responseHeaders: IncomingHttpHeaders = { ...response.headers };
+      const stored = responseHeaders[storedChecksumHeader];
+      delete responseHeaders[storedChecksumHeader];
+      if (stored !== undefined && checksumMode === 'ENABLED') {
+        responseHeaders[checksumHeader] = stored;
+        responseHeaders['x-amz-checksum-type'] = 'FULL_OBJECT';
+      }
+      outgoing.writeHead(response.statusCode ?? 502, responseHeaders);
+      response.pipe(outgoing);
+    },
+  );
+  upstream.on('error', (error) => outgoing.destroy(error));
+  if (body === undefined) incoming.pipe(upstream);
+  else upstream.end(body);
 }
 
 /**
@@ -89,21 +147,9 @@ export async function startTestS3Server(bucket = 'tenantry-test'): Promise<TestS
           );
           return;
         }
-        const upstream = request(
-          {
-            host: '127.0.0.1',
-            port: s3rverAddress.port,
-            method: incoming.method,
-            path: incoming.url,
-            headers: incoming.headers,
-          },
-          (response) => {
-            outgoing.writeHead(response.statusCode ?? 502, response.headers);
-            response.pipe(outgoing);
-          },
+        forward(incoming, outgoing, s3rverAddress.port).catch((error: unknown) =>
+          outgoing.destroy(error instanceof Error ? error : undefined),
         );
-        upstream.on('error', (error) => outgoing.destroy(error));
-        incoming.pipe(upstream);
       },
       (error: unknown) => outgoing.destroy(error instanceof Error ? error : undefined),
     );

@@ -103,6 +103,9 @@ export function createSigV4Verifier(options: SigV4VerifierOptions) {
         signingDate: parseAmzDate(params.get('X-Amz-Date') ?? ''),
         expiresIn: Number(params.get('X-Amz-Expires')),
         signableHeaders: new Set(signedHeaders),
+        // Signed headers arrived as headers: keep them there (the signer would move x-amz-*
+        // headers into the query and sign another canonical request).
+        unhoistableHeaders: new Set(signedHeaders),
       },
     );
     return String(presigned.query?.['X-Amz-Signature']);

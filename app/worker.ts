@@ -1,0 +1,42 @@
+import type { JobsModuleContext, JobsModuleSetup } from 'tenantry/jobs';
+import { developmentSecret, loadAppConfig } from './config.ts';
+import { createAppStorage } from './files/app-storage.ts';
+import { setupJobs as setupAppJobs } from './jobs.ts';
+
+/**
+ * The reference app's jobs module for a separate worker process:
+ * `tenantry worker --jobs app/worker.ts`. It reads the app's configuration from the same
+ * environment as `npm start` (storage driver and secret, channel failure rate) and opens the app's
+ * storage, so the worker runs every job the in-process one does, `contacts.export` and
+ * `storage.cleanup-pending` included. Start the app with `TENANTRY_WORKER=off` next to it.
+ *
+ * @example
+ * ```sh
+ * TENANTRY_WORKER=off npm start &
+ * npm run tenantry -- worker --jobs app/worker.ts --concurrency 8
+ * ```
+ */
+export async function setupJobs(context: JobsModuleContext): Promise<JobsModuleSetup> {
+  const config = loadAppConfig(process.env, developmentSecret(process.env));
+  const files = createAppStorage(config.storage);
+  try {
+    const jobs = await setupAppJobs({
+      tenantry: context.tenantry,
+      appConnectionString: context.appConnectionString,
+      logger: context.logger,
+      config: { channelFailureRate: config.channelFailureRate },
+      files,
+    });
+    return {
+      jobs: jobs.jobs,
+      schedules: jobs.schedules,
+      async close() {
+        await jobs.close();
+        await files.close();
+      },
+    };
+  } catch (error) {
+    await files.close();
+    throw error;
+  }
+}
