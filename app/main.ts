@@ -8,6 +8,7 @@ import {
   prepareDatabase,
   requireAppUrl,
 } from 'tenantry';
+import { billingMigrationSource } from 'tenantry/billing';
 import { createJobWorker, type JobWorker, jobsMigrationSource } from 'tenantry/jobs';
 import { storageMigrationSource } from 'tenantry/storage';
 import { buildApp } from './app.ts';
@@ -31,6 +32,7 @@ async function main(): Promise<void> {
     const sources = [
       jobsMigrationSource(),
       storageMigrationSource(),
+      billingMigrationSource(),
       { name: 'app', directory: migrationsDirectory },
     ];
     const summary = await migrate({ connectionString: database.adminUrl, sources, logger });

@@ -92,6 +92,37 @@ const sqlStateRules: ReadonlyMap<string, SqlStateRule> = new Map([
   ['08006', unavailable],
 ]);
 
+/** Raised by `tenantry.apply_usage()` when a consumption would pass a limit. */
+const quotaExceededSqlState = 'TQ001';
+
+function quotaExceeded(error: pg.DatabaseError): TenantryError {
+  let parsed: Record<string, unknown> = {};
+  try {
+    const detail: unknown = JSON.parse(error.detail ?? '{}');
+    if (typeof detail === 'object' && detail !== null) parsed = detail as Record<string, unknown>;
+  } catch {
+    // A detail that is not Tenantry's JSON: the error keeps its code without numbers.
+  }
+  const metric = typeof parsed.metric === 'string' ? parsed.metric : undefined;
+  const number = (value: unknown) => (typeof value === 'number' ? value : null);
+  return new TenantryError(
+    'TENANTRY_ERR_QUOTA_EXCEEDED',
+    metric === undefined
+      ? 'A limit of your plan has been reached.'
+      : `The ${metric} limit of your plan has been reached.`,
+    {
+      cause: error,
+      details: {
+        sqlState: quotaExceededSqlState,
+        metric: metric ?? null,
+        limit: number(parsed.limit),
+        used: number(parsed.used),
+        requested: number(parsed.requested),
+      },
+    },
+  );
+}
+
 const networkErrorCodes = new Set([
   'ECONNREFUSED',
   'ECONNRESET',
@@ -128,6 +159,7 @@ export function toTenantryError(error: unknown): unknown {
     return new TenantryError(unavailable.code, unavailable.message, { cause: error });
   // Only the server's errors carry a SQLSTATE; other errors with a string code are not ours.
   if (!(error instanceof pg.DatabaseError)) return error;
+  if (code === quotaExceededSqlState) return quotaExceeded(error);
   const rule = sqlStateRules.get(code);
   if (rule === undefined) {
     return new TenantryError(queryFailed.code, queryFailed.message, {

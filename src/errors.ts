@@ -258,6 +258,26 @@ export const errorCodes = Object.freeze({
     status: 401,
     title: 'Webhook signature missing, stale or wrong',
   },
+  TENANTRY_ERR_QUOTA_EXCEEDED: {
+    status: 402,
+    title: 'Plan limit reached',
+  },
+  TENANTRY_ERR_RATE_LIMITED: {
+    status: 429,
+    title: 'Too many requests',
+  },
+  TENANTRY_ERR_USAGE_INVALID: {
+    status: 400,
+    title: 'Usage request invalid',
+  },
+  TENANTRY_ERR_PLAN_NOT_FOUND: {
+    status: 404,
+    title: 'Plan not found',
+  },
+  TENANTRY_ERR_PLAN_INVALID: {
+    status: 400,
+    title: 'Plan definition invalid',
+  },
   TENANTRY_ERR_STORAGE_NAME_INVALID: {
     status: 400,
     title: 'File name invalid',

@@ -15,6 +15,7 @@ import {
 } from 'kysely';
 import pg from 'pg';
 import Cursor from 'pg-cursor';
+import { defaultTenantrySchema } from './config.ts';
 import { ContextStatement } from './context-statement.ts';
 import { isRetryableError, toTenantryError } from './database-errors.ts';
 import { isTenantryError, TenantryError } from './errors.ts';
@@ -316,6 +317,8 @@ class UnitOfWork implements DatabaseConnection {
   #state: 'idle' | 'begun' | 'done' | 'closed' = 'idle';
   #pending = new Set<Promise<unknown>>();
   #failure: unknown;
+  /** The first consumption a limit refused in this unit (see {@link noteQuotaRefusal}). */
+  #quotaRefusal: TenantryError | undefined;
   #savepoints = 0;
   #streaming = false;
   #broken = false;
@@ -408,7 +411,9 @@ class UnitOfWork implements DatabaseConnection {
       () => this.#pending.delete(promise),
       (error: unknown) => {
         this.#pending.delete(promise);
-        this.#failure ??= toTenantryError(error);
+        const mapped = toTenantryError(error);
+        this.#failure ??= mapped;
+        if (isTenantryError(mapped, 'TENANTRY_ERR_QUOTA_EXCEEDED')) this.#quotaRefusal ??= mapped;
       },
     );
     return promise;
@@ -676,11 +681,45 @@ class UnitOfWork implements DatabaseConnection {
         broken = true;
       });
     }
+    if (this.#quotaRefusal !== undefined && !broken) {
+      broken = !(await noteQuotaRefusal(client, this.#prefix, this.#quotaRefusal));
+    }
     // A connection whose transaction state is unknown must never go back to the pool.
     client.release(
       broken ? new Error('tenantry: discarding connection after a failed unit of work') : undefined,
     );
     if (failure !== undefined) throw failure;
+  }
+}
+
+/**
+ * Records `quota.exceeded` for a refused consumption, in a transaction of its own on the unit's
+ * connection after the unit ended: the refusal rolled back the statement (usually the whole unit)
+ * that would have written it. `tenantry.note_quota_exceeded()` emits the event once per tenant,
+ * metric and billing period. Best effort: the caller already has its error. Returns false when
+ * the connection's state is unknown afterwards.
+ */
+async function noteQuotaRefusal(
+  client: pg.PoolClient,
+  prefix: readonly string[],
+  refusal: TenantryError,
+): Promise<boolean> {
+  const metric = refusal.details?.metric;
+  if (typeof metric !== 'string') return true;
+  const requested = refusal.details?.requested;
+  try {
+    await new ContextStatement(
+      ['begin', ...prefix.slice(1)],
+      `select ${defaultTenantrySchema}.note_quota_exceeded($1, $2)`,
+      [metric, typeof requested === 'number' ? requested : null],
+      ['commit'],
+    ).run(client);
+    return true;
+  } catch {
+    return client
+      .query('rollback')
+      .then(() => true)
+      .catch(() => false);
   }
 }
 

@@ -12,6 +12,7 @@ import {
   type TenantDirectory,
   type Tenantry,
 } from 'tenantry';
+import { billingMigrationSource } from 'tenantry/billing';
 import { jobsMigrationSource } from 'tenantry/jobs';
 import { storageMigrationSource } from 'tenantry/storage';
 import { createTestDatabase, type TestDatabase } from 'tenantry/testing';
@@ -94,6 +95,7 @@ export async function createTestApp(
       sources: [
         jobsMigrationSource(),
         storageMigrationSource(),
+        billingMigrationSource(),
         { name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname },
       ],
     }),

@@ -1,3 +1,4 @@
+import { billingMigrationSource } from 'tenantry/billing';
 import { jobsMigrationSource } from 'tenantry/jobs';
 import { storageMigrationSource } from 'tenantry/storage';
 import { startTestCluster } from 'tenantry/testing';
@@ -12,6 +13,7 @@ export async function globalSetup(): Promise<void> {
     sources: [
       jobsMigrationSource(),
       storageMigrationSource(),
+      billingMigrationSource(),
       { name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname },
     ],
   }));

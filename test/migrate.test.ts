@@ -7,6 +7,7 @@ import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { isTenantryError, type TenantryErrorCode } from 'tenantry';
+import { billingMigrationSource, billingMigrationsDirectory } from 'tenantry/billing';
 import { storageMigrationSource, storageMigrationsDirectory } from 'tenantry/storage';
 import { readTestCluster } from 'tenantry/testing';
 import { quoteIdentifier } from '../src/config.ts';
@@ -103,12 +104,14 @@ describe('migrate', () => {
     // The app's attachments reference the file registry, so the storage source comes first.
     const sources: MigrationSource[] = [
       storageMigrationSource(),
+      billingMigrationSource(),
       { name: 'app', directory: appMigrationsDirectory },
     ];
     const expected: { source: string; version: number; checksum: string }[] = [];
     for (const [source, directory] of [
       ['tenantry', coreMigrationsDirectory],
       ['tenantry_storage', storageMigrationsDirectory],
+      ['tenantry_billing', billingMigrationsDirectory],
       ['app', appMigrationsDirectory],
     ] as const) {
       for (const file of await sqlFiles(directory)) {

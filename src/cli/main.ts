@@ -1,4 +1,5 @@
 import { Command, CommanderError, Option } from 'commander';
+import { billingMigrationSource } from '../billing/index.ts';
 import { formatDoctorReport, runDoctor } from '../doctor/doctor.ts';
 import { isTenantryError } from '../errors.ts';
 import { jobsMigrationSource } from '../jobs/index.ts';
@@ -34,7 +35,12 @@ async function withDatabase<T>(fn: (database: PreparedDatabase) => Promise<T>): 
 async function applyMigrations(database: PreparedDatabase, directory: string) {
   const summary = await migrate({
     connectionString: database.adminUrl,
-    sources: [jobsMigrationSource(), storageMigrationSource(), { name: 'app', directory }],
+    sources: [
+      jobsMigrationSource(),
+      storageMigrationSource(),
+      billingMigrationSource(),
+      { name: 'app', directory },
+    ],
     logger,
   });
   const applied = summary.applied.length;
