@@ -513,6 +513,15 @@ describe('runDoctor finds each hole', () => {
       'enqueue_job',
       'enqueue_jobs',
       'complete_job',
+      'emit_event',
+      'effective_limit',
+      'consume_quota',
+      'record_usage',
+      'entitlements',
+      'meter_rows',
+      'close_billing_period',
+      'note_quota_exceeded',
+      'create_webhook_deliveries',
     ]);
     assert.ok(Object.isFrozen(trustedSecurityDefinerFunctions));
   });

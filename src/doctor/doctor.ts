@@ -89,7 +89,7 @@ export interface DoctorReport {
  * @example
  * ```ts
  * import { trustedSecurityDefinerFunctions } from 'tenantry';
- * console.log(trustedSecurityDefinerFunctions); // ['create_tenant', 'authenticate_api_key', 'enqueue_job', 'enqueue_jobs', 'complete_job']
+ * console.log(trustedSecurityDefinerFunctions); // ['create_tenant', 'authenticate_api_key', 'enqueue_job', …]
  * ```
  */
 export const trustedSecurityDefinerFunctions: readonly string[] = Object.freeze([
@@ -98,6 +98,17 @@ export const trustedSecurityDefinerFunctions: readonly string[] = Object.freeze(
   'enqueue_job',
   'enqueue_jobs',
   'complete_job',
+  // tenantry/billing: each takes the tenant from the transaction's context (or, for the row
+  // trigger and the webhook fan-out, from the rows being written) and touches only its rows.
+  'emit_event',
+  'effective_limit',
+  'consume_quota',
+  'record_usage',
+  'entitlements',
+  'meter_rows',
+  'close_billing_period',
+  'note_quota_exceeded',
+  'create_webhook_deliveries',
 ]);
 
 const severityOrder = { error: 0, warning: 1 } as const;
