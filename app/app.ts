@@ -14,6 +14,7 @@ import {
   tenantryFastify,
 } from 'tenantry/fastify';
 import { authRoutes } from './auth/auth.routes.ts';
+import { usageRoutes } from './billing/usage.routes.ts';
 import type { BroadcastJobs } from './broadcasts/broadcast.jobs.ts';
 import { broadcastsRoutes } from './broadcasts/broadcasts.routes.ts';
 import type { AuthConfig } from './config.ts';
@@ -180,6 +181,7 @@ export async function buildApp(options: BuildAppOptions): Promise<AppInstance> {
     await app.register(conversationsRoutes, { ...services, prefix });
     await app.register(templatesRoutes, { ...services, prefix });
     await app.register(digestsRoutes, { ...services, prefix });
+    await app.register(usageRoutes, { ...services, prefix });
     if (options.jobs !== undefined) {
       await app.register(broadcastsRoutes, {
         ...services,

@@ -1,5 +1,6 @@
 import { createTenantry, type Logger, type Tenantry } from 'tenantry';
 import type { JobDefinition, JobSchedule, JobsModuleContext, JobsModuleSetup } from 'tenantry/jobs';
+import { closeBillingPeriodJob, closeBillingPeriodSchedule } from './billing/billing.jobs.ts';
 import { type BroadcastJobs, createBroadcastJobs } from './broadcasts/broadcast.jobs.ts';
 import {
   type ChannelProvider,
@@ -112,11 +113,13 @@ export async function setupJobs(context: AppJobsContext): Promise<AppJobs> {
       broadcasts.sendBatch,
       conversationDigestJob,
       expireIdempotencyKeysJob,
+      closeBillingPeriodJob,
       ...(storage === undefined ? [] : [storage.contactsExport, storage.cleanupPending]),
     ]),
     schedules: Object.freeze([
       conversationDigestSchedule,
       idempotencyExpirySchedule,
+      closeBillingPeriodSchedule,
       ...(storage === undefined ? [] : [storage.cleanupSchedule]),
     ]),
     broadcasts,

@@ -1,4 +1,5 @@
-import { isUuid, TenantryError } from 'tenantry';
+import { isTenantryError, isUuid, TenantryError } from 'tenantry';
+import { createQuotas } from 'tenantry/billing';
 import { defineJob, enqueueJobs, type JobContext, type JobDefinition } from 'tenantry/jobs';
 import type { ChannelProvider } from '../channels/channel-provider.ts';
 import type { AppDatabase, BroadcastVariable } from '../database.ts';
@@ -132,6 +133,8 @@ export function renderBroadcastMessage(
   );
 }
 
+const quotas = createQuotas();
+
 function errorText(error: unknown): string {
   return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }
@@ -190,6 +193,7 @@ async function sendOneBatch(
   const recipients = await lockPendingRecipients(db, broadcastId, contactIds);
   const outcomes: Outcome[] = [];
   const refused: { contactId: string; error: unknown }[] = [];
+  let quotaRefusal: string | undefined;
   for (const recipient of recipients) {
     ctx.signal.throwIfAborted();
     const contactId = recipient.contact_id;
@@ -202,6 +206,27 @@ async function sendOneBatch(
       body = renderBroadcastMessage(broadcast.body, broadcast.variables, recipient);
     } catch (error) {
       outcomes.push({ contactId, status: 'failed', error: errorText(error) });
+      continue;
+    }
+    if (quotaRefusal === undefined) {
+      try {
+        // Each message sent counts against the plan's messages per billing period, once per
+        // recipient (the key): a retried batch does not count its messages twice. In a savepoint,
+        // so a refusal fails this recipient, not the whole batch.
+        await db.transaction().execute((savepoint) =>
+          quotas.recordUsage(savepoint, {
+            metric: 'messages',
+            idempotencyKey: `broadcast:${broadcastId}:${contactId}`,
+            properties: { broadcastId },
+          }),
+        );
+      } catch (error) {
+        if (!isTenantryError(error, 'TENANTRY_ERR_QUOTA_EXCEEDED')) throw error;
+        quotaRefusal = error.message;
+      }
+    }
+    if (quotaRefusal !== undefined) {
+      outcomes.push({ contactId, status: 'failed', error: quotaRefusal });
       continue;
     }
     try {
