@@ -55,6 +55,7 @@ describe('tenantry CLI against an external DATABASE_URL', () => {
       ...(await readdir(new URL('../sql/', import.meta.url))),
       ...(await readdir(new URL('../sql/jobs/', import.meta.url))),
       ...(await readdir(new URL('../sql/storage/', import.meta.url))),
+      ...(await readdir(new URL('../sql/billing/', import.meta.url))),
       ...(await readdir(new URL('../app/migrations/', import.meta.url))),
     ].filter((name) => name.endsWith('.sql'));
     assert.match(

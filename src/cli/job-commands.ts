@@ -190,7 +190,15 @@ function formatJobTable(jobs: readonly JobInfo[]): string {
   );
 }
 
-function formatTable(
+/**
+ * Renders rows as a plain-text table with padded columns (right-aligned where asked).
+ *
+ * @example
+ * ```ts
+ * process.stdout.write(formatTable(['STATE', 'JOBS'], [['dead', '3']], [false, true]));
+ * ```
+ */
+export function formatTable(
   header: readonly string[],
   rows: readonly (readonly string[])[],
   alignRight: readonly boolean[],

@@ -6,6 +6,7 @@ import { jobsMigrationSource } from '../jobs/index.ts';
 import { migrate } from '../migrations/migrate.ts';
 import { storageMigrationSource } from '../storage/index.ts';
 import { createTenantry } from '../tenantry.ts';
+import { addBillingCommands } from './billing-commands.ts';
 import { loadCliConfig } from './config.ts';
 import { createConsoleLogger } from './console-logger.ts';
 import { type PreparedDatabase, prepareDatabase, requireAppUrl } from './database.ts';
@@ -121,6 +122,7 @@ program
 
 addWorkerCommand(program, config, logger);
 addJobCommands(program, withDatabase);
+addBillingCommands(program, withDatabase);
 
 try {
   await program.parseAsync();
