@@ -11,6 +11,8 @@ import {
   createSubdomainStrategy,
   createTrustedHeaderStrategy,
   type IdentificationStrategy,
+  type TenantRateLimitOptions,
+  tenantRateLimit,
   tenantryFastify,
 } from 'tenantry/fastify';
 import { authRoutes } from './auth/auth.routes.ts';
@@ -70,6 +72,11 @@ export interface BuildAppOptions {
    * signed URLs at `/files/*`); with `jobs.storage` also `/exports`. Without it neither is served.
    */
   readonly files?: AppStorage | undefined;
+  /**
+   * Per-workspace API rate limit from the plan's `api_requests_per_minute` (429 with
+   * `RateLimit`/`Retry-After` past it). Without it requests are not rate limited.
+   */
+  readonly rateLimit?: Pick<TenantRateLimitOptions, 'limits' | 'store'> | undefined;
 }
 
 /** Routes that need a workspace are served at `/v1/...` and at `/t/<workspace>/v1/...`. */
@@ -156,6 +163,9 @@ export async function buildApp(options: BuildAppOptions): Promise<AppInstance> {
     directory: options.directory,
     strategies,
   });
+  if (options.rateLimit !== undefined) {
+    await app.register(tenantRateLimit, options.rateLimit);
+  }
 
   const services: AppServices = Object.freeze({
     tenantry: options.tenantry,

@@ -79,7 +79,7 @@ export interface AppConfig {
   /** The job worker started in the app's process, on the app role's pool. */
   readonly worker: {
     /**
-     * `inprocess`, or `off` when workers run elsewhere (`tenantry worker --jobs app/jobs.ts`).
+     * `inprocess`, or `off` when workers run elsewhere (`tenantry worker --jobs app/worker.ts`).
      * @defaultValue 'inprocess' (`TENANTRY_WORKER`)
      */
     readonly mode: 'inprocess' | 'off';
@@ -95,6 +95,18 @@ export interface AppConfig {
    */
   readonly channelFailureRate: number;
   readonly storage: StorageConfig;
+  /**
+   * Where per-workspace request counts live: `memory` (one process) or `postgres` (shared by
+   * every instance, one upsert per request). `off` disables rate limiting.
+   * @defaultValue 'memory' (`TENANTRY_RATE_LIMIT_STORE`)
+   */
+  readonly rateLimitStore: 'memory' | 'postgres' | 'off';
+  /**
+   * Run the webhook dispatcher (billing events to `tenantry webhooks` endpoints) in the app's
+   * process: `inprocess`, or `off` when `tenantry webhooks dispatch` runs elsewhere.
+   * @defaultValue 'inprocess' (`TENANTRY_WEBHOOKS`)
+   */
+  readonly webhooks: 'inprocess' | 'off';
 }
 
 function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number) {
@@ -293,6 +305,20 @@ export function loadAppConfig(
       `TENANTRY_WORKER must be "inprocess" or "off", got "${workerMode}".`,
     );
   }
+  const rateLimitStore = text(env, 'TENANTRY_RATE_LIMIT_STORE') ?? 'memory';
+  if (rateLimitStore !== 'memory' && rateLimitStore !== 'postgres' && rateLimitStore !== 'off') {
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      `TENANTRY_RATE_LIMIT_STORE must be "memory", "postgres" or "off", got "${rateLimitStore}".`,
+    );
+  }
+  const webhooks = text(env, 'TENANTRY_WEBHOOKS') ?? 'inprocess';
+  if (webhooks !== 'inprocess' && webhooks !== 'off') {
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      `TENANTRY_WEBHOOKS must be "inprocess" or "off", got "${webhooks}".`,
+    );
+  }
   const database = loadCliConfig(env, cwd);
   const publicUrl = text(env, 'PUBLIC_URL') ?? `http://localhost:${port}`;
   return Object.freeze({
@@ -313,5 +339,7 @@ export function loadAppConfig(
     }),
     channelFailureRate: fraction(env, 'TENANTRY_CHANNEL_FAILURE_RATE', 0),
     storage: loadStorageConfig(env, database, publicUrl, generatedSecret, cwd),
+    rateLimitStore,
+    webhooks,
   });
 }

@@ -8,7 +8,15 @@ import {
   prepareDatabase,
   requireAppUrl,
 } from 'tenantry';
-import { billingMigrationSource } from 'tenantry/billing';
+import {
+  billingMigrationSource,
+  createPlanLimitCache,
+  createPostgresRateLimitStore,
+  createWebhookDispatcher,
+  type PlanLimitCache,
+  type RateLimitStore,
+  type WebhookDispatcher,
+} from 'tenantry/billing';
 import { createJobWorker, type JobWorker, jobsMigrationSource } from 'tenantry/jobs';
 import { storageMigrationSource } from 'tenantry/storage';
 import { buildApp } from './app.ts';
@@ -28,6 +36,9 @@ async function main(): Promise<void> {
   let stopping = false;
   let worker: JobWorker | undefined;
   let files: AppStorage | undefined;
+  let planLimits: PlanLimitCache | undefined;
+  let webhooks: WebhookDispatcher | undefined;
+  let rateLimitStore: RateLimitStore | undefined;
   try {
     const sources = [
       jobsMigrationSource(),
@@ -48,6 +59,16 @@ async function main(): Promise<void> {
     });
     const directory = await createTenantDirectory({ connectionString: appUrl, logger });
     files = createAppStorage(config.storage);
+    if (config.rateLimitStore !== 'off') {
+      planLimits = await createPlanLimitCache({
+        connectionString: appUrl,
+        metrics: ['api_requests_per_minute'],
+        logger,
+      });
+      if (config.rateLimitStore === 'postgres') {
+        rateLimitStore = createPostgresRateLimitStore({ connectionString: appUrl, logger });
+      }
+    }
     const jobs = await setupJobs({
       tenantry,
       appConnectionString: appUrl,
@@ -66,7 +87,19 @@ async function main(): Promise<void> {
       logger: { level: config.logLevel },
       jobs,
       files,
+      rateLimit:
+        planLimits === undefined
+          ? undefined
+          : {
+              limits: planLimits,
+              ...(rateLimitStore === undefined ? {} : { store: rateLimitStore }),
+            },
     });
+    if (config.webhooks === 'inprocess') {
+      // Billing events (tenantry_billing's outbox) to the endpoints `tenantry webhooks add` set.
+      webhooks = createWebhookDispatcher({ connectionString: database.adminUrl, logger });
+      await webhooks.start();
+    }
     if (config.worker.mode === 'inprocess') {
       worker = await createJobWorker({
         tenantry,
@@ -88,9 +121,12 @@ async function main(): Promise<void> {
       try {
         // Running jobs finish on the app's Tenantry, which closing the app closes.
         await worker?.stop();
+        await webhooks?.stop();
         await app.close();
         await jobs.close();
         await files?.close();
+        await rateLimitStore?.close();
+        await planLimits?.close();
       } finally {
         await database.stop();
       }

@@ -274,6 +274,14 @@ export const errorCodes = Object.freeze({
     status: 404,
     title: 'Plan not found',
   },
+  TENANTRY_ERR_WEBHOOK_INVALID: {
+    status: 400,
+    title: 'Webhook endpoint, secret, filter or option invalid',
+  },
+  TENANTRY_ERR_WEBHOOK_NOT_FOUND: {
+    status: 404,
+    title: 'No such webhook endpoint or delivery',
+  },
   TENANTRY_ERR_PLAN_INVALID: {
     status: 400,
     title: 'Plan definition invalid',

@@ -12,7 +12,7 @@ import {
   type TenantDirectory,
   type Tenantry,
 } from 'tenantry';
-import { billingMigrationSource } from 'tenantry/billing';
+import { billingMigrationSource, createPlanLimitCache } from 'tenantry/billing';
 import { jobsMigrationSource } from 'tenantry/jobs';
 import { storageMigrationSource } from 'tenantry/storage';
 import { createTestDatabase, type TestDatabase } from 'tenantry/testing';
@@ -81,6 +81,11 @@ export async function createTestApp(
     baseUrl: 'http://localhost/files',
     maxUploadBytes: overrides.maxUploadBytes ?? 1024 * 1024,
   });
+  // The plan's requests-per-minute limit applies in tests as in production (memory store).
+  const planLimits = await createPlanLimitCache({
+    connectionString: database.appUrl,
+    metrics: ['api_requests_per_minute'],
+  });
   const jobs = await setupJobs({
     tenantry,
     appConnectionString: database.appUrl,
@@ -103,6 +108,7 @@ export async function createTestApp(
     baseDomain: overrides.baseDomain,
     jobs,
     files,
+    rateLimit: { limits: planLimits },
   });
   await app.ready();
   return {
@@ -118,6 +124,7 @@ export async function createTestApp(
       await app.close();
       await jobs.close();
       await files.close();
+      await planLimits.close();
       await database.drop();
       await rm(filesRoot, { recursive: true, force: true });
     },

@@ -321,3 +321,37 @@ describe('plans on every path of the reference app', () => {
     assert.ok(Date.parse(body.periodStart) < Date.parse(body.periodEnd));
   });
 });
+
+describe('per-workspace rate limit from the plan', () => {
+  test('a workspace past its requests per minute gets 429 with RateLimit headers; another does not', async () => {
+    const noisy = await createWorkspace(testApp, `rate-noisy-${randomBytes(3).toString('hex')}`);
+    const quiet = await createWorkspace(testApp, `rate-quiet-${randomBytes(3).toString('hex')}`);
+    await setLimit(noisy, 'api_requests_per_minute', 5);
+    // The override notifies tenantry_plans; the app's limit cache drops the workspace.
+    const deadline = Date.now() + 10_000;
+    let first: LightMyRequestResponse;
+    for (;;) {
+      first = await call(noisy, 'GET', '/v1/usage');
+      if (String(first.headers['ratelimit-policy'] ?? '').includes('q=5')) break;
+      assert.ok(Date.now() < deadline, 'the new limit never applied');
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+    assert.equal(first.statusCode, 200);
+    const statuses: number[] = [];
+    let refused: LightMyRequestResponse | undefined;
+    for (let index = 0; index < 10; index++) {
+      const response = await call(noisy, 'GET', '/v1/usage');
+      statuses.push(response.statusCode);
+      if (response.statusCode === 429) refused ??= response;
+    }
+    assert.ok(refused !== undefined, `never refused: ${statuses.join(',')}`);
+    assert.equal(bodyOf(refused).code, 'TENANTRY_ERR_RATE_LIMITED');
+    assert.match(String(refused.headers['retry-after']), /^[1-9][0-9]*$/);
+    assert.match(String(refused.headers.ratelimit), /^"tenant";r=0;t=[0-9]+$/);
+    for (let index = 0; index < 10; index++) {
+      const response = await call(quiet, 'GET', '/v1/usage');
+      assert.equal(response.statusCode, 200, response.body);
+      assert.match(String(response.headers['ratelimit-policy']), /q=1200/);
+    }
+  });
+});

@@ -126,7 +126,7 @@ describe('tenantry CLI against an external DATABASE_URL', () => {
 });
 
 describe('tenantry migrate on an empty database', () => {
-  test("applies Tenantry's core, then the job queue and the file registry, then the app's migrations", async () => {
+  test("applies Tenantry's core, then the job queue, the file registry and billing, then the app's migrations", async () => {
     const { adminUrl } = readTestCluster();
     const name = `tenantry_cli_${randomUUID().replaceAll('-', '').slice(0, 12)}`;
     await withClient(adminUrl, (client) => client.query(`create database ${name}`));
@@ -137,7 +137,13 @@ describe('tenantry migrate on an empty database', () => {
       assert.equal(result.code, 0, result.stderr);
       const applied = /\((.*)\)$/m.exec(result.stdout)?.[1]?.split(', ') ?? [];
       const sources = [...new Set(applied.map((entry) => entry.split('/')[0]))];
-      assert.deepEqual(sources, ['tenantry', 'tenantry_jobs', 'tenantry_storage', 'app']);
+      assert.deepEqual(sources, [
+        'tenantry',
+        'tenantry_jobs',
+        'tenantry_storage',
+        'tenantry_billing',
+        'app',
+      ]);
       const installed = await withClient(url.href, (client) =>
         client.query(`select to_regclass('graphile_worker._private_jobs') is not null as jobs`),
       );

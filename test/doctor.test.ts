@@ -522,6 +522,8 @@ describe('runDoctor finds each hole', () => {
       'close_billing_period',
       'note_quota_exceeded',
       'create_webhook_deliveries',
+      'hit_rate_limit',
+      'prune_rate_limits',
     ]);
     assert.ok(Object.isFrozen(trustedSecurityDefinerFunctions));
   });

@@ -179,7 +179,7 @@ export function createWebhookAdmin(options: WebhookAdminOptions): WebhookAdmin {
 
   const setEnabled = async (endpointId: string, enabled: boolean) => {
     const id = parseWebhookUuid(endpointId, 'endpoint id');
-    const result = await pool.query(
+    const result = await pool.query<EndpointRow>(
       `update ${endpoints} e set enabled = $2, updated_at = now() where e.id = $1
        returning ${endpointColumns}`,
       [id, enabled],
@@ -193,24 +193,27 @@ export function createWebhookAdmin(options: WebhookAdminOptions): WebhookAdmin {
       const eventTypes = parseEventTypes(input.eventTypes);
       const description = input.description ?? '';
       if (typeof description !== 'string' || description.length > 500) {
-        throw new TenantryError(webhookInvalidCode, 'description is text of at most 500 characters.');
+        throw new TenantryError(
+          webhookInvalidCode,
+          'description is text of at most 500 characters.',
+        );
       }
       const maxAttempts = input.maxAttempts ?? 12;
       if (!Number.isInteger(maxAttempts) || maxAttempts < 1 || maxAttempts > 100) {
         throw new TenantryError(webhookInvalidCode, 'maxAttempts is an integer from 1 to 100.');
       }
       const secret = generateWebhookSecret();
-      const result = await pool.query(
+      const result = await pool.query<EndpointRow>(
         `insert into ${endpoints} as e (url, description, event_types, max_attempts, secret)
          values ($1, $2, $3, $4, $5)
          returning ${endpointColumns}`,
         [url, description, eventTypes ?? null, maxAttempts, secret],
       );
-      return Object.freeze({ ...toEndpoint(result.rows[0]), secret });
+      return Object.freeze({ ...toEndpoint(requireRow(result.rows[0], 'new')), secret });
     },
 
     async listEndpoints() {
-      const result = await pool.query(
+      const result = await pool.query<EndpointRow>(
         `select ${endpointColumns} from ${endpoints} e order by e.created_at, e.id`,
       );
       return result.rows.map(toEndpoint);
@@ -222,7 +225,11 @@ export function createWebhookAdmin(options: WebhookAdminOptions): WebhookAdmin {
     async rotateSecret(endpointId: string, rotation: { previousValidForMs?: number } = {}) {
       const id = parseWebhookUuid(endpointId, 'endpoint id');
       const validForMs = rotation.previousValidForMs ?? defaultPreviousValidForMs;
-      if (!Number.isInteger(validForMs) || validForMs < 0 || validForMs > maximumPreviousValidForMs) {
+      if (
+        !Number.isInteger(validForMs) ||
+        validForMs < 0 ||
+        validForMs > maximumPreviousValidForMs
+      ) {
         throw new TenantryError(
           webhookInvalidCode,
           `previousValidForMs is an integer from 0 (the old secret stops at once) to ${maximumPreviousValidForMs} (30 days).`,
@@ -257,7 +264,7 @@ export function createWebhookAdmin(options: WebhookAdminOptions): WebhookAdmin {
           `status is one of ${statuses.join(', ')}, got ${JSON.stringify(filter.status)}.`,
         );
       }
-      const result = await pool.query(
+      const result = await pool.query<DeliveryRow>(
         `select d.event_id, d.endpoint_id, o.type, o.tenant_id, d.status, d.attempts,
                 e.max_attempts, d.next_attempt_at, d.last_status_code, d.last_error,
                 d.delivered_at, d.created_at
@@ -271,7 +278,9 @@ export function createWebhookAdmin(options: WebhookAdminOptions): WebhookAdmin {
           order by d.created_at desc, d.event_id, d.endpoint_id
           limit $5`,
         [
-          filter.endpointId === undefined ? null : parseWebhookUuid(filter.endpointId, 'endpointId'),
+          filter.endpointId === undefined
+            ? null
+            : parseWebhookUuid(filter.endpointId, 'endpointId'),
           filter.tenantId === undefined ? null : parseTenantId(filter.tenantId),
           filter.eventId === undefined ? null : parseWebhookUuid(filter.eventId, 'eventId'),
           filter.status ?? null,
@@ -282,7 +291,14 @@ export function createWebhookAdmin(options: WebhookAdminOptions): WebhookAdmin {
     },
 
     async listAttempts(eventId: string, endpointId: string) {
-      const result = await pool.query(
+      const result = await pool.query<{
+        attempt: number;
+        started_at: Date;
+        duration_ms: number;
+        status_code: number | null;
+        error: string | null;
+        response_excerpt: string | null;
+      }>(
         `select a.attempt, a.started_at, a.duration_ms, a.status_code, a.error, a.response_excerpt
            from ${schema}.webhook_attempts a
           where a.event_id = $1 and a.endpoint_id = $2
@@ -304,14 +320,15 @@ export function createWebhookAdmin(options: WebhookAdminOptions): WebhookAdmin {
 
     async replay(selection: ReplayWebhooksOptions) {
       const eventIds =
-        selection?.eventIds === undefined
-          ? undefined
-          : parseEventIds(selection.eventIds);
+        selection?.eventIds === undefined ? undefined : parseEventIds(selection.eventIds);
       const endpointId =
         selection.endpointId === undefined
           ? null
           : parseWebhookUuid(selection.endpointId, 'endpointId');
-      if (selection.since !== undefined && !(selection.since instanceof Date && Number.isFinite(selection.since.getTime()))) {
+      if (
+        selection.since !== undefined &&
+        !(selection.since instanceof Date && Number.isFinite(selection.since.getTime()))
+      ) {
         throw new TenantryError(webhookInvalidCode, 'since is a valid Date.');
       }
       if (selection.failed !== undefined && typeof selection.failed !== 'boolean') {
@@ -411,6 +428,13 @@ function parseEndpointUrl(value: unknown): string {
       'url has no #fragment and is at most 2000 characters long.',
     );
   }
+  // fetch() refuses URLs with credentials; the signature authenticates the sender instead.
+  if (url.username !== '' || url.password !== '') {
+    throw new TenantryError(
+      webhookInvalidCode,
+      'url cannot carry credentials (user:password@): receivers authenticate requests by their signature.',
+    );
+  }
   return url.href;
 }
 
@@ -437,7 +461,33 @@ function requireRow<T>(row: T | undefined, id: string): T {
   return row;
 }
 
-function toEndpoint(row: Record<string, any>): WebhookEndpoint {
+interface EndpointRow {
+  readonly id: string;
+  readonly url: string;
+  readonly description: string;
+  readonly event_types: string[] | null;
+  readonly enabled: boolean;
+  readonly max_attempts: number;
+  readonly previous_expires_at: Date | null;
+  readonly created_at: Date;
+}
+
+interface DeliveryRow {
+  readonly event_id: string;
+  readonly endpoint_id: string;
+  readonly type: string;
+  readonly tenant_id: string | null;
+  readonly status: WebhookDeliveryStatus;
+  readonly attempts: number;
+  readonly max_attempts: number;
+  readonly next_attempt_at: Date;
+  readonly last_status_code: number | null;
+  readonly last_error: string | null;
+  readonly delivered_at: Date | null;
+  readonly created_at: Date;
+}
+
+function toEndpoint(row: EndpointRow): WebhookEndpoint {
   return Object.freeze({
     id: row.id,
     url: row.url,
@@ -450,8 +500,8 @@ function toEndpoint(row: Record<string, any>): WebhookEndpoint {
   });
 }
 
-function toDelivery(row: Record<string, any>): WebhookDelivery {
-  const status = row.status as WebhookDeliveryStatus;
+function toDelivery(row: DeliveryRow): WebhookDelivery {
+  const status = row.status;
   return Object.freeze({
     eventId: row.event_id,
     endpointId: row.endpoint_id,

@@ -332,7 +332,8 @@ export function createWebhookDispatcher(options: WebhookDispatcherOptions): Webh
       return 'lost';
     }
     if (outcome === 'succeeded') logger.debug(fields, 'webhook delivered');
-    else if (outcome === 'failed') logger.warn({ ...fields, error }, 'webhook delivery failed for good');
+    else if (outcome === 'failed')
+      logger.warn({ ...fields, error }, 'webhook delivery failed for good');
     else if (outcome === 'retried') {
       logger.info({ ...fields, error, retryInMs: nextDelayMs }, 'webhook attempt failed');
     }
@@ -432,7 +433,13 @@ export function createWebhookDispatcher(options: WebhookDispatcherOptions): Webh
 }
 
 function resolveSettings(options: WebhookDispatcherOptions) {
-  const integer = (name: string, value: number | undefined, fallback: number, min: number, max: number) => {
+  const integer = (
+    name: string,
+    value: number | undefined,
+    fallback: number,
+    min: number,
+    max: number,
+  ) => {
     const resolved = value ?? fallback;
     if (!Number.isSafeInteger(resolved) || resolved < min || resolved > max) {
       throw new TenantryError(

@@ -2,9 +2,9 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { TenantryError, type TenantryErrorCode } from '../errors.ts';
 
 /** The code of an invalid webhook endpoint, secret, filter or option. */
-export const webhookInvalidCode: TenantryErrorCode = 'TENANTRY_ERR_CONFIG_INVALID';
+export const webhookInvalidCode: TenantryErrorCode = 'TENANTRY_ERR_WEBHOOK_INVALID';
 /** The code of an unknown webhook endpoint or delivery. */
-export const webhookNotFoundCode: TenantryErrorCode = 'TENANTRY_ERR_DB_NOT_FOUND';
+export const webhookNotFoundCode: TenantryErrorCode = 'TENANTRY_ERR_WEBHOOK_NOT_FOUND';
 
 const secretPrefix = 'whsec_';
 const minimumSecretBytes = 24;

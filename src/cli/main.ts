@@ -12,6 +12,7 @@ import { createConsoleLogger } from './console-logger.ts';
 import { type PreparedDatabase, prepareDatabase, requireAppUrl } from './database.ts';
 import { addJobCommands } from './job-commands.ts';
 import { UsageError } from './usage-error.ts';
+import { addWebhookCommands } from './webhook-commands.ts';
 import { addWorkerCommand } from './worker-command.ts';
 
 const config = loadCliConfig();
@@ -123,6 +124,7 @@ program
 addWorkerCommand(program, config, logger);
 addJobCommands(program, withDatabase);
 addBillingCommands(program, withDatabase);
+addWebhookCommands(program, withDatabase, config, logger);
 
 try {
   await program.parseAsync();

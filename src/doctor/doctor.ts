@@ -109,6 +109,8 @@ export const trustedSecurityDefinerFunctions: readonly string[] = Object.freeze(
   'close_billing_period',
   'note_quota_exceeded',
   'create_webhook_deliveries',
+  'hit_rate_limit',
+  'prune_rate_limits',
 ]);
 
 const severityOrder = { error: 0, warning: 1 } as const;

@@ -21,4 +21,5 @@ export {
   sendProblem,
   toProblemDetails,
 } from './problem-details.ts';
+export { type TenantRateLimitOptions, tenantRateLimit } from './rate-limit-plugin.ts';
 export { createSubdomainStrategy, type SubdomainStrategyOptions } from './subdomain-strategy.ts';
