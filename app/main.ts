@@ -14,6 +14,7 @@ import {
   createPostgresRateLimitStore,
   createWebhookDispatcher,
   type PlanLimitCache,
+  planJobLimits,
   type RateLimitStore,
   type WebhookDispatcher,
 } from 'tenantry/billing';
@@ -59,12 +60,13 @@ async function main(): Promise<void> {
     });
     const directory = await createTenantDirectory({ connectionString: appUrl, logger });
     files = createAppStorage(config.storage);
+    // Plan limits read per request (rate limit) and per tenant by the job worker.
+    planLimits = await createPlanLimitCache({
+      connectionString: appUrl,
+      metrics: ['api_requests_per_minute', 'concurrent_jobs'],
+      logger,
+    });
     if (config.rateLimitStore !== 'off') {
-      planLimits = await createPlanLimitCache({
-        connectionString: appUrl,
-        metrics: ['api_requests_per_minute'],
-        logger,
-      });
       if (config.rateLimitStore === 'postgres') {
         rateLimitStore = createPostgresRateLimitStore({ connectionString: appUrl, logger });
       }
@@ -88,7 +90,7 @@ async function main(): Promise<void> {
       jobs,
       files,
       rateLimit:
-        planLimits === undefined
+        config.rateLimitStore === 'off'
           ? undefined
           : {
               limits: planLimits,
@@ -107,6 +109,7 @@ async function main(): Promise<void> {
         jobs: jobs.jobs,
         schedules: jobs.schedules,
         concurrency: config.worker.concurrency,
+        tenantConcurrency: planJobLimits(planLimits),
         logger,
       });
     }

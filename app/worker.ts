@@ -1,3 +1,4 @@
+import { createPlanLimitCache, type PlanLimitCache, planJobLimits } from 'tenantry/billing';
 import type { JobsModuleContext, JobsModuleSetup } from 'tenantry/jobs';
 import { developmentSecret, loadAppConfig } from './config.ts';
 import { createAppStorage } from './files/app-storage.ts';
@@ -8,7 +9,8 @@ import { setupJobs as setupAppJobs } from './jobs.ts';
  * `tenantry worker --jobs app/worker.ts`. It reads the app's configuration from the same
  * environment as `npm start` (storage driver and secret, channel failure rate) and opens the app's
  * storage, so the worker runs every job the in-process one does, `contacts.export` and
- * `storage.cleanup-pending` included. Start the app with `TENANTRY_WORKER=off` next to it.
+ * `storage.cleanup-pending` included, each workspace limited to its plan's `concurrent_jobs`.
+ * Start the app with `TENANTRY_WORKER=off` next to it.
  *
  * @example
  * ```sh
@@ -19,7 +21,14 @@ import { setupJobs as setupAppJobs } from './jobs.ts';
 export async function setupJobs(context: JobsModuleContext): Promise<JobsModuleSetup> {
   const config = loadAppConfig(process.env, developmentSecret(process.env));
   const files = createAppStorage(config.storage);
+  let limits: PlanLimitCache | undefined;
   try {
+    limits = await createPlanLimitCache({
+      connectionString: context.appConnectionString,
+      metrics: ['concurrent_jobs'],
+      logger: context.logger,
+    });
+    const planLimits = limits;
     const jobs = await setupAppJobs({
       tenantry: context.tenantry,
       appConnectionString: context.appConnectionString,
@@ -30,13 +39,17 @@ export async function setupJobs(context: JobsModuleContext): Promise<JobsModuleS
     return {
       jobs: jobs.jobs,
       schedules: jobs.schedules,
+      // Each workspace's concurrent jobs come from its plan (`--tenant-concurrency` overrides).
+      tenantConcurrency: planJobLimits(planLimits),
       async close() {
         await jobs.close();
         await files.close();
+        await planLimits.close();
       },
     };
   } catch (error) {
     await files.close();
+    await limits?.close();
     throw error;
   }
 }

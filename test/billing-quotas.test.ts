@@ -2,8 +2,21 @@ import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { type Generated, type Kysely, sql } from 'kysely';
-import { createTenantry, isTenantryError, type Tenantry, type TenantryErrorCode } from 'tenantry';
-import { type BillingAdmin, createBillingAdmin, createQuotas, type Quotas } from 'tenantry/billing';
+import {
+  createTenantry,
+  isTenantryError,
+  parseTenantId,
+  type Tenantry,
+  type TenantryErrorCode,
+} from 'tenantry';
+import {
+  type BillingAdmin,
+  createBillingAdmin,
+  createPlanLimitCache,
+  createQuotas,
+  planJobLimits,
+  type Quotas,
+} from 'tenantry/billing';
 import { createTestDatabase, type TestDatabase } from 'tenantry/testing';
 import { withClient } from './fixtures.ts';
 
@@ -510,5 +523,31 @@ describe('billing events', () => {
       ['2026-12-31T23:59:59Z'],
     );
     assert.equal(calendar[0]?.start.toISOString(), '2026-12-01T00:00:00.000Z');
+  });
+});
+
+describe('plan job limits', () => {
+  test("a tenant's concurrent jobs follow its plan and overrides, unlimited when the plan is silent", async () => {
+    await admin.definePlan({ id: 'test-jobs', name: 'Jobs', limits: { concurrent_jobs: 3 } });
+    const limited = parseTenantId(await createTenant('test-jobs'));
+    const silent = parseTenantId(await createTenant('test-big'));
+    const cache = await createPlanLimitCache({
+      connectionString: database.appUrl,
+      metrics: ['concurrent_jobs'],
+    });
+    try {
+      const limits = planJobLimits(cache, { unlimited: 50 });
+      assert.equal(await limits.concurrentJobs(limited), 3);
+      assert.equal(await limits.concurrentJobs(silent), 50);
+      await admin.setLimitOverride(limited, 'concurrent_jobs', 1);
+      // The override notifies tenantry_plans; the cache drops the tenant.
+      const deadline = Date.now() + 10_000;
+      while ((await limits.concurrentJobs(limited)) !== 1) {
+        assert.ok(Date.now() < deadline, 'the override never reached the cache');
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    } finally {
+      await cache.close();
+    }
   });
 });

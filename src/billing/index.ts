@@ -15,6 +15,7 @@ export {
   type TenantUsageRow,
   type UsageReportOptions,
 } from './billing-admin.ts';
+export { type PlanJobLimitsOptions, planJobLimits } from './job-limits.ts';
 export { billingMigrationSource, billingMigrationsDirectory } from './migration-source.ts';
 export {
   createPlanLimitCache,
