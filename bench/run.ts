@@ -5,6 +5,7 @@ const benchmarks: Record<string, () => Promise<{ run: () => Promise<void> }>> = 
   context: () => import('./context.ts'),
   http: () => import('./http.ts'),
   jobs: () => import('./jobs.ts'),
+  quotas: () => import('./quotas.ts'),
   'rate-limit': () => import('./rate-limit.ts'),
   runners: () => import('./runners.ts'),
   search: () => import('./search.ts'),
