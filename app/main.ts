@@ -19,6 +19,7 @@ import {
   type WebhookDispatcher,
 } from 'tenantry/billing';
 import { createJobWorker, type JobWorker, jobsMigrationSource } from 'tenantry/jobs';
+import { platformMigrationSource } from 'tenantry/platform';
 import { storageMigrationSource } from 'tenantry/storage';
 import { buildApp } from './app.ts';
 import { developmentSecret, loadAppConfig } from './config.ts';
@@ -45,6 +46,7 @@ async function main(): Promise<void> {
       jobsMigrationSource(),
       storageMigrationSource(),
       billingMigrationSource(),
+      platformMigrationSource(),
       { name: 'app', directory: migrationsDirectory },
     ];
     const summary = await migrate({ connectionString: database.adminUrl, sources, logger });

@@ -14,6 +14,7 @@ import {
 } from 'tenantry';
 import { billingMigrationSource, createPlanLimitCache } from 'tenantry/billing';
 import { jobsMigrationSource } from 'tenantry/jobs';
+import { platformMigrationSource } from 'tenantry/platform';
 import { storageMigrationSource } from 'tenantry/storage';
 import { createTestDatabase, type TestDatabase } from 'tenantry/testing';
 import { buildApp } from '../app/app.ts';
@@ -101,6 +102,7 @@ export async function createTestApp(
         jobsMigrationSource(),
         storageMigrationSource(),
         billingMigrationSource(),
+        platformMigrationSource(),
         { name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname },
       ],
     }),

@@ -56,6 +56,7 @@ describe('tenantry CLI against an external DATABASE_URL', () => {
       ...(await readdir(new URL('../sql/jobs/', import.meta.url))),
       ...(await readdir(new URL('../sql/storage/', import.meta.url))),
       ...(await readdir(new URL('../sql/billing/', import.meta.url))),
+      ...(await readdir(new URL('../sql/platform/', import.meta.url))),
       ...(await readdir(new URL('../app/migrations/', import.meta.url))),
     ].filter((name) => name.endsWith('.sql'));
     assert.match(
@@ -142,6 +143,7 @@ describe('tenantry migrate on an empty database', () => {
         'tenantry_jobs',
         'tenantry_storage',
         'tenantry_billing',
+        'tenantry_platform',
         'app',
       ]);
       const installed = await withClient(url.href, (client) =>

@@ -1,5 +1,6 @@
 import { billingMigrationSource } from 'tenantry/billing';
 import { jobsMigrationSource } from 'tenantry/jobs';
+import { platformMigrationSource } from 'tenantry/platform';
 import { storageMigrationSource } from 'tenantry/storage';
 import { startTestCluster } from 'tenantry/testing';
 
@@ -14,6 +15,7 @@ export async function globalSetup(): Promise<void> {
       jobsMigrationSource(),
       storageMigrationSource(),
       billingMigrationSource(),
+      platformMigrationSource(),
       { name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname },
     ],
   }));

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { isTenantryError, type TenantryErrorCode } from 'tenantry';
 import { billingMigrationSource, billingMigrationsDirectory } from 'tenantry/billing';
+import { platformMigrationSource, platformMigrationsDirectory } from 'tenantry/platform';
 import { storageMigrationSource, storageMigrationsDirectory } from 'tenantry/storage';
 import { readTestCluster } from 'tenantry/testing';
 import { quoteIdentifier } from '../src/config.ts';
@@ -105,6 +106,7 @@ describe('migrate', () => {
     const sources: MigrationSource[] = [
       storageMigrationSource(),
       billingMigrationSource(),
+      platformMigrationSource(),
       { name: 'app', directory: appMigrationsDirectory },
     ];
     const expected: { source: string; version: number; checksum: string }[] = [];
@@ -112,6 +114,7 @@ describe('migrate', () => {
       ['tenantry', coreMigrationsDirectory],
       ['tenantry_storage', storageMigrationsDirectory],
       ['tenantry_billing', billingMigrationsDirectory],
+      ['tenantry_platform', platformMigrationsDirectory],
       ['app', appMigrationsDirectory],
     ] as const) {
       for (const file of await sqlFiles(directory)) {

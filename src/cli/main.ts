@@ -4,6 +4,7 @@ import { formatDoctorReport, runDoctor } from '../doctor/doctor.ts';
 import { isTenantryError } from '../errors.ts';
 import { jobsMigrationSource } from '../jobs/index.ts';
 import { migrate } from '../migrations/migrate.ts';
+import { platformMigrationSource } from '../platform/index.ts';
 import { storageMigrationSource } from '../storage/index.ts';
 import { createTenantry } from '../tenantry.ts';
 import { addBillingCommands } from './billing-commands.ts';
@@ -41,6 +42,7 @@ async function applyMigrations(database: PreparedDatabase, directory: string) {
       jobsMigrationSource(),
       storageMigrationSource(),
       billingMigrationSource(),
+      platformMigrationSource(),
       { name: 'app', directory },
     ],
     logger,
