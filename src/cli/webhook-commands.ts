@@ -24,7 +24,7 @@ const deliveryStatuses: readonly WebhookDeliveryStatus[] = [
 
 interface DispatchOptions {
   readonly concurrency: number;
-  readonly endpointConcurrency: number;
+  readonly endpointConcurrency?: number;
   readonly pollIntervalMs: number;
   readonly requestTimeoutMs: number;
 }
@@ -279,9 +279,10 @@ export function addWebhookCommands(
         .default(16),
     )
     .addOption(
-      new Option('--endpoint-concurrency <n>', 'requests in flight to one endpoint at once')
-        .argParser(integerOption('--endpoint-concurrency', 1, 1000))
-        .default(4),
+      new Option(
+        '--endpoint-concurrency <n>',
+        'requests in flight to one endpoint at once (default: the smaller of 4 and --concurrency)',
+      ).argParser(integerOption('--endpoint-concurrency', 1, 1000)),
     )
     .addOption(
       new Option('--poll-interval-ms <n>', 'how often due deliveries are looked for')
@@ -301,7 +302,10 @@ async function runDispatcher(
   config: CliConfig,
   logger: Logger,
 ): Promise<void> {
-  if (options.endpointConcurrency > options.concurrency) {
+  if (
+    options.endpointConcurrency !== undefined &&
+    options.endpointConcurrency > options.concurrency
+  ) {
     throw new UsageError('--endpoint-concurrency cannot exceed --concurrency.');
   }
   let database: PreparedDatabase | undefined;
@@ -328,7 +332,7 @@ async function runDispatcher(
     const dispatcher = createWebhookDispatcher({
       connectionString: database.adminUrl,
       concurrency: options.concurrency,
-      endpointConcurrency: options.endpointConcurrency,
+      endpointConcurrency: options.endpointConcurrency ?? Math.min(4, options.concurrency),
       pollIntervalMs: options.pollIntervalMs,
       requestTimeoutMs: options.requestTimeoutMs,
       logger,
