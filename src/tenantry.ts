@@ -789,9 +789,19 @@ class TenantryDriver implements Driver {
   }
 }
 
+/**
+ * pg-pool listens for a client's `error` only while the client is idle in the pool; a connection
+ * lost while a unit of work holds it (a terminated backend, a failover) would otherwise emit an
+ * unhandled `error` and crash the process. The unit's next query fails and is mapped anyway.
+ */
+function ignoreClientError(): void {}
+
 async function connectClient(pool: pg.Pool): Promise<pg.PoolClient> {
   try {
-    return await pool.connect();
+    const client = await pool.connect();
+    if (!client.listeners('error').includes(ignoreClientError))
+      client.on('error', ignoreClientError);
+    return client;
   } catch (error) {
     const mapped = toTenantryError(error);
     if (mapped instanceof TenantryError) throw mapped;

@@ -91,7 +91,8 @@ before(async () => {
   database = await createTestDatabase();
   await asAdmin(`
     insert into tenantry.metrics (name, kind, unit) values
-      ('test_items', 'count', 'item'), ('test_bytes', 'count', 'byte'), ('test_calls', 'period', 'call');
+      ('test_items', 'count', 'item'), ('test_bytes', 'count', 'byte'), ('test_calls', 'period', 'call'),
+      ('test_tokens', 'count', 'token');
     create table quota_items (
       tenant_id uuid not null, id uuid not null, size integer not null default 1,
       live boolean not null default true, primary key (tenant_id, id));
@@ -105,7 +106,7 @@ before(async () => {
   await admin.definePlan({
     id: 'test-small',
     name: 'Small',
-    limits: { test_items: 1000, test_bytes: 100_000, test_calls: 50, seats: 3 },
+    limits: { test_items: 1000, test_bytes: 100_000, test_calls: 50, test_tokens: 3 },
   });
   await admin.definePlan({ id: 'test-big', name: 'Big', limits: { test_items: 5000 } });
   tenantry = await createTenantry<ItemsDatabase>({
@@ -183,14 +184,14 @@ describe('atomic quotas', () => {
           .insertInto('quota_items')
           .values({ id: randomUUID(), size: 5, live: true })
           .execute();
-        await quotas.consume(db, 'seats', 2);
+        await quotas.consume(db, 'test_tokens', 2);
         throw new Error('the request failed later');
       }),
       /failed later/,
     );
     assert.equal(await counter(tenantId, 'test_items'), 10);
     assert.equal(await counter(tenantId, 'test_bytes'), 10);
-    assert.equal(await counter(tenantId, 'seats'), 0);
+    assert.equal(await counter(tenantId, 'test_tokens'), 0);
   });
 
   test('a code path that skips the service layer still cannot pass the limit', async () => {
@@ -236,44 +237,44 @@ describe('atomic quotas', () => {
     const tenantId = await createTenant('test-small');
     await tenantry.withTenant(tenantId, async (db) => {
       assert.deepEqual(
-        { ...(await quotas.consume(db, 'seats', 2)) },
+        { ...(await quotas.consume(db, 'test_tokens', 2)) },
         {
-          metric: 'seats',
+          metric: 'test_tokens',
           limit: 3,
           used: 2,
         },
       );
-      const check = await quotas.check(db, 'seats', 2);
+      const check = await quotas.check(db, 'test_tokens', 2);
       assert.equal(check.allowed, false);
       assert.equal(check.limit, 3);
       assert.equal(check.used, 2);
       assert.equal(check.remaining, 1);
-      assert.equal((await quotas.check(db, 'seats', 1)).allowed, true);
+      assert.equal((await quotas.check(db, 'test_tokens', 1)).allowed, true);
     });
     // A refused statement fails its unit of work, so the refusal runs in one of its own.
     await assert.rejects(
-      tenantry.withTenant(tenantId, (db) => quotas.consume(db, 'seats', 2)),
+      tenantry.withTenant(tenantId, (db) => quotas.consume(db, 'test_tokens', 2)),
       (error: unknown) => {
         assert.ok(isTenantryError(error, 'TENANTRY_ERR_QUOTA_EXCEEDED'));
         assert.deepEqual(
           { ...error.details, sqlState: undefined },
-          { sqlState: undefined, metric: 'seats', limit: 3, used: 2, requested: 2 },
+          { sqlState: undefined, metric: 'test_tokens', limit: 3, used: 2, requested: 2 },
         );
         return true;
       },
     );
-    assert.equal(await counter(tenantId, 'seats'), 2);
+    assert.equal(await counter(tenantId, 'test_tokens'), 2);
     await tenantry.withTenant(tenantId, async (db) => {
-      assert.equal((await quotas.release(db, 'seats', 1)).used, 1);
-      assert.equal((await quotas.release(db, 'seats', 5)).used, 0);
+      assert.equal((await quotas.release(db, 'test_tokens', 1)).used, 1);
+      assert.equal((await quotas.release(db, 'test_tokens', 5)).used, 0);
       const all = await quotas.entitlements(db);
-      const seats = all.find((entry) => entry.metric === 'seats');
-      assert.equal(seats?.limit, 3);
-      assert.equal(seats?.used, 0);
+      const tokens = all.find((entry) => entry.metric === 'test_tokens');
+      assert.equal(tokens?.limit, 3);
+      assert.equal(tokens?.used, 0);
       const contacts = all.find((entry) => entry.metric === 'contacts');
       assert.equal(contacts?.limit, null, 'a metric the plan leaves out is unlimited');
       assert.equal(all.find((entry) => entry.metric === 'api_requests_per_minute')?.used, null);
-      assert.ok(seats !== undefined && seats.periodStart < seats.periodEnd);
+      assert.ok(tokens !== undefined && tokens.periodStart < tokens.periodEnd);
     });
   });
 
@@ -282,10 +283,13 @@ describe('atomic quotas', () => {
     const calls: ((db: Kysely<ItemsDatabase>) => Promise<unknown>)[] = [
       (db) => quotas.consume(db, 'no_such_metric'),
       (db) => quotas.consume(db, 'Seats'),
-      (db) => quotas.consume(db, 'seats', 0),
-      (db) => quotas.consume(db, 'seats', 1.5),
+      (db) => quotas.consume(db, 'test_tokens', 0),
+      (db) => quotas.consume(db, 'test_tokens', 1.5),
       (db) => quotas.consume(db, 'test_calls'),
-      (db) => quotas.recordUsage(db, { metric: 'seats', idempotencyKey: 'k' }),
+      // Counted from quota_items' rows: consuming or releasing it by hand is refused.
+      (db) => quotas.consume(db, 'test_items'),
+      (db) => quotas.release(db, 'test_items', 5),
+      (db) => quotas.recordUsage(db, { metric: 'test_tokens', idempotencyKey: 'k' }),
       (db) => quotas.recordUsage(db, { metric: 'test_calls', idempotencyKey: '' }),
       (db) =>
         quotas.recordUsage(db, {
@@ -297,9 +301,9 @@ describe('atomic quotas', () => {
     for (const call of calls) {
       await assert.rejects(tenantry.withTenant(tenantId, call), code('TENANTRY_ERR_USAGE_INVALID'));
     }
-    assert.equal(await counter(tenantId, 'seats'), 0);
+    assert.equal(await counter(tenantId, 'test_tokens'), 0);
     await assert.rejects(
-      quotas.consume(tenantry.db, 'seats'),
+      quotas.consume(tenantry.db, 'test_tokens'),
       code('TENANTRY_ERR_CONTEXT_MISSING'),
     );
   });
