@@ -8,6 +8,7 @@ const benchmarks: Record<string, () => Promise<{ run: () => Promise<void> }>> = 
   quotas: () => import('./quotas.ts'),
   'rate-limit': () => import('./rate-limit.ts'),
   runners: () => import('./runners.ts'),
+  scale: () => import('./scale.ts'),
   search: () => import('./search.ts'),
 };
 

@@ -282,6 +282,18 @@ export const errorCodes = Object.freeze({
     status: 404,
     title: 'No such webhook endpoint or delivery',
   },
+  TENANTRY_ERR_PARTITION_LAYOUT_INVALID: {
+    status: 400,
+    title: 'Table is not partitioned by tenant',
+  },
+  TENANTRY_ERR_PARTITION_EXISTS: {
+    status: 409,
+    title: 'Dedicated partition state conflicts',
+  },
+  TENANTRY_ERR_PARTITION_VERIFY_FAILED: {
+    status: 500,
+    title: 'Partition move verification failed',
+  },
   TENANTRY_ERR_PLAN_INVALID: {
     status: 400,
     title: 'Plan definition invalid',

@@ -460,6 +460,16 @@ const holes: readonly HoleCase[] = [
     expected: () => ['warning partition_granted_to_app_role public.events_2024'],
   },
   {
+    name: 'a hash partition set with a gap (remainder 1 of 2 missing)',
+    kind: 'hash_partitions_incomplete',
+    hole: () => `
+      create table ledger (tenant_id uuid not null, id uuid not null, primary key (tenant_id, id))
+        partition by hash (tenant_id);
+      create table ledger_h0 partition of ledger for values with (modulus 2, remainder 0);
+      select tenantry.enable_tenant_isolation('ledger');`,
+    expected: () => ['error hash_partitions_incomplete public.ledger'],
+  },
+  {
     name: 'a tenant table without an index leading with tenant_id',
     kind: 'missing_tenant_index',
     hole: () => `

@@ -67,7 +67,7 @@ async function foreignKeysOf(adminUrl: string, table: string): Promise<ForeignKe
        join unnest(c.conkey, c.confkey) with ordinality as k(attnum, fattnum, n) on true
        join pg_attribute la on la.attrelid = c.conrelid and la.attnum = k.attnum
        join pg_attribute ra on ra.attrelid = c.confrelid and ra.attnum = k.fattnum
-       where c.contype = 'f' and c.conrelid = $1::regclass and la.attname <> 'tenant_id'
+       where c.contype = 'f' and c.conrelid = $1::regclass and c.conparentid = 0 and la.attname <> 'tenant_id'
          and exists (select 1 from pg_attribute ta
                      where ta.attrelid = c.confrelid and ta.attname = 'tenant_id')
        group by c.oid, c.confrelid`,

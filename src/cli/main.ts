@@ -7,11 +7,13 @@ import { migrate } from '../migrations/migrate.ts';
 import { platformMigrationSource } from '../platform/index.ts';
 import { storageMigrationSource } from '../storage/index.ts';
 import { createTenantry } from '../tenantry.ts';
+import { addAdminCommands } from './admin-commands.ts';
 import { addBillingCommands } from './billing-commands.ts';
 import { loadCliConfig } from './config.ts';
 import { createConsoleLogger } from './console-logger.ts';
 import { type PreparedDatabase, prepareDatabase, requireAppUrl } from './database.ts';
 import { addJobCommands } from './job-commands.ts';
+import { addPartitionCommands } from './partition-commands.ts';
 import { UsageError } from './usage-error.ts';
 import { addWebhookCommands } from './webhook-commands.ts';
 import { addWorkerCommand } from './worker-command.ts';
@@ -126,6 +128,9 @@ program
 addWorkerCommand(program, config, logger);
 addJobCommands(program, withDatabase);
 addBillingCommands(program, withDatabase);
+addPartitionCommands(program, withDatabase);
+const tenants = program.command('tenants').description('Tenants: list, statistics, lifecycle.');
+addAdminCommands(tenants, program, withDatabase, { adminToken: process.env.TENANTRY_ADMIN_TOKEN });
 addWebhookCommands(program, withDatabase, config, logger);
 
 try {

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { DoctorFinding, DoctorFindingKind } from './doctor.ts';
+import { checkPartitionLayout } from './partition-checks.ts';
 
 /** A tenant table, or a partition of one (then `root` names the tenant table). */
 export interface TenantRelation {
@@ -790,5 +791,6 @@ export const doctorChecks: readonly DoctorCheck[] = Object.freeze([
   checkForeignKeys,
   checkUniqueKeys,
   checkPartitionGrants,
+  checkPartitionLayout,
   checkTenantIndexes,
 ]);

@@ -53,6 +53,7 @@ export const doctorFindingKinds = Object.freeze([
   'unique_without_tenant',
   'partition_without_rls',
   'partition_granted_to_app_role',
+  'hash_partitions_incomplete',
   'missing_tenant_index',
 ] as const);
 

@@ -7,4 +7,45 @@
  * import { platformMigrationSource } from 'tenantry/platform';
  * ```
  */
+
+export {
+  type AdminLifecycle,
+  type AdminServer,
+  type AdminServerOptions,
+  createAdminServer,
+} from './admin-server.ts';
+export {
+  type Analytics,
+  type AnalyticsJobState,
+  type AnalyticsOptions,
+  createAnalytics,
+  createRequestMetrics,
+  type DailySeries,
+  type JobCounts,
+  type ListTenantsOptions,
+  type NoisyMeasure,
+  type NoisyNeighbour,
+  type PlatformDay,
+  type PlatformMetrics,
+  type RequestMetrics,
+  type RequestMetricsOptions,
+  type RequestMetricsSnapshot,
+  type TenantPage,
+  type TenantRequestStats,
+  type TenantStats,
+  type TenantStatus,
+  type TenantSummary,
+} from './analytics.ts';
 export { platformMigrationSource, platformMigrationsDirectory } from './migration-source.ts';
+export {
+  dedicatedPartitionName,
+  dedicatePartition,
+  type ListPartitionsOptions,
+  listPartitions,
+  type PartitionInfo,
+  type PartitionMoveOptions,
+  type PartitionMoveResult,
+  type PartitionProgress,
+  type PartitionRole,
+  undedicatePartition,
+} from './partitioning.ts';
