@@ -19,8 +19,19 @@ import {
   type WebhookDispatcher,
 } from 'tenantry/billing';
 import { createJobWorker, type JobWorker, jobsMigrationSource } from 'tenantry/jobs';
-import { platformMigrationSource } from 'tenantry/platform';
+import {
+  createRequestMetrics,
+  createTenantLifecycle,
+  platformMigrationSource,
+  type TenantLifecycle,
+} from 'tenantry/platform';
 import { storageMigrationSource } from 'tenantry/storage';
+import {
+  type AdminListener,
+  loadAdminConfig,
+  observeRequests,
+  startAdminListener,
+} from './admin.ts';
 import { buildApp } from './app.ts';
 import { developmentSecret, loadAppConfig } from './config.ts';
 import type { AppDatabase } from './database.ts';
@@ -32,6 +43,7 @@ const migrationsDirectory = new URL('./migrations/', import.meta.url).pathname;
 
 async function main(): Promise<void> {
   const config = loadAppConfig(process.env, developmentSecret(process.env));
+  const adminConfig = loadAdminConfig(process.env);
   const logger = pino({ level: config.logLevel });
   // The app stops the embedded server itself, after in-flight requests finish.
   const database = await prepareDatabase({ ...config.database, stopOnSignal: false }, logger);
@@ -40,6 +52,8 @@ async function main(): Promise<void> {
   let files: AppStorage | undefined;
   let planLimits: PlanLimitCache | undefined;
   let webhooks: WebhookDispatcher | undefined;
+  let lifecycle: TenantLifecycle | undefined;
+  let admin: AdminListener | undefined;
   let rateLimitStore: RateLimitStore | undefined;
   try {
     const sources = [
@@ -99,6 +113,21 @@ async function main(): Promise<void> {
               ...(rateLimitStore === undefined ? {} : { store: rateLimitStore }),
             },
     });
+    // Per-workspace request counts and latency for the operator listener (in memory, this process).
+    const requestMetrics = createRequestMetrics();
+    observeRequests(app, requestMetrics);
+    lifecycle = createTenantLifecycle({
+      connectionString: database.adminUrl,
+      storage: { driver: files.storage.driver },
+      logger,
+    });
+    admin = await startAdminListener({
+      config: adminConfig,
+      database,
+      requestMetrics,
+      lifecycle,
+      logger: { level: config.logLevel },
+    });
     if (config.webhooks === 'inprocess') {
       // Billing events (tenantry_billing's outbox) to the endpoints `tenantry webhooks add` set.
       webhooks = createWebhookDispatcher({ connectionString: database.adminUrl, logger });
@@ -127,6 +156,8 @@ async function main(): Promise<void> {
         // Running jobs finish on the app's Tenantry, which closing the app closes.
         await worker?.stop();
         await webhooks?.stop();
+        await admin?.close();
+        await lifecycle?.close();
         await app.close();
         await jobs.close();
         await files?.close();
@@ -149,6 +180,7 @@ async function main(): Promise<void> {
     const lines = [
       '',
       `Tenantry reference API on ${url}  (docs: ${url}/docs, OpenAPI: ${url}/openapi.json)`,
+      admin.banner,
     ];
     if (demo !== undefined) {
       lines.push(
@@ -169,6 +201,9 @@ async function main(): Promise<void> {
   } catch (error) {
     // The worker polls until stopped; left running it would keep the process alive.
     await worker?.stop();
+    await webhooks?.stop();
+    await admin?.close();
+    await lifecycle?.close();
     await files?.close();
     await database.stop();
     throw error;

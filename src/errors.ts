@@ -294,6 +294,22 @@ export const errorCodes = Object.freeze({
     status: 500,
     title: 'Partition move verification failed',
   },
+  TENANTRY_ERR_TENANT_STATE_CONFLICT: {
+    status: 409,
+    title: 'Tenant status does not allow this change',
+  },
+  TENANTRY_ERR_TENANT_INVALID: {
+    status: 400,
+    title: 'Tenant name or lifecycle option invalid',
+  },
+  TENANTRY_ERR_TENANT_ERASURE_INCOMPLETE: {
+    status: 500,
+    title: 'Erasure still found tenant data; run it again',
+  },
+  TENANTRY_ERR_STORAGE_UNAVAILABLE: {
+    status: 503,
+    title: 'Storage unavailable',
+  },
   TENANTRY_ERR_PLAN_INVALID: {
     status: 400,
     title: 'Plan definition invalid',

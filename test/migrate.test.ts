@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { isTenantryError, type TenantryErrorCode } from 'tenantry';
 import { billingMigrationSource, billingMigrationsDirectory } from 'tenantry/billing';
+import { jobsMigrationSource, jobsMigrationsDirectory } from 'tenantry/jobs';
 import { platformMigrationSource, platformMigrationsDirectory } from 'tenantry/platform';
 import { storageMigrationSource, storageMigrationsDirectory } from 'tenantry/storage';
 import { readTestCluster } from 'tenantry/testing';
@@ -102,8 +103,10 @@ after(async () => {
 describe('migrate', () => {
   test('applies the core and app migrations to an empty database and records their checksums', async () => {
     const url = await createEmptyDatabase();
-    // The app's attachments reference the file registry, so the storage source comes first.
+    // The app's attachments reference the file registry, so the storage source comes first; the
+    // platform source's job view reads the job queue, so the jobs source comes before it.
     const sources: MigrationSource[] = [
+      jobsMigrationSource(),
       storageMigrationSource(),
       billingMigrationSource(),
       platformMigrationSource(),
@@ -112,6 +115,7 @@ describe('migrate', () => {
     const expected: { source: string; version: number; checksum: string }[] = [];
     for (const [source, directory] of [
       ['tenantry', coreMigrationsDirectory],
+      ['tenantry_jobs', jobsMigrationsDirectory],
       ['tenantry_storage', storageMigrationsDirectory],
       ['tenantry_billing', billingMigrationsDirectory],
       ['tenantry_platform', platformMigrationsDirectory],

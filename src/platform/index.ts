@@ -36,6 +36,13 @@ export {
   type TenantStatus,
   type TenantSummary,
 } from './analytics.ts';
+export {
+  createTenantLifecycle,
+  type TenantLifecycle,
+  type TenantLifecycleOptions,
+  type TenantRecord,
+  type TenantTransition,
+} from './lifecycle.ts';
 export { platformMigrationSource, platformMigrationsDirectory } from './migration-source.ts';
 export {
   dedicatedPartitionName,
@@ -49,3 +56,26 @@ export {
   type PartitionRole,
   undedicatePartition,
 } from './partitioning.ts';
+export {
+  canonicalJson,
+  type EraseTenantOptions,
+  type ErasureProgress,
+  type ErasureReport,
+  type ErasureStep,
+  type SignedErasureReport,
+  signErasureReport,
+  verifyErasureReport,
+} from './tenant-erasure.ts';
+export type {
+  ExportPart,
+  ExportProgress,
+  ExportTenantOptions,
+  ExportTenantResult,
+  TenantExportManifest,
+} from './tenant-export.ts';
+export {
+  deletionOrder,
+  listTenantTables,
+  type Queryable,
+  type TenantTable,
+} from './tenant-tables.ts';

@@ -8,8 +8,8 @@ export const platformMigrationsDirectory = fileURLToPath(
 
 /**
  * The migration source of platform operations: tenant lifecycle events, the lifecycle journal
- * and the analytics views. List it after the billing source (it writes to the outbox) and before
- * the application's sources.
+ * and the analytics views. List it after the jobs source (its job view reads the queue) and the
+ * billing source (it writes to the outbox), and before the application's sources.
  *
  * @example
  * ```ts

@@ -156,11 +156,11 @@ export function deletionOrder(
  */
 export const lifecycleErrorCodes = Object.freeze({
   /** A transition the tenant's status does not allow (resume a deleted tenant, erase an active one). */
-  stateConflict: 'TENANTRY_ERR_DB_CONFLICT',
+  stateConflict: 'TENANTRY_ERR_TENANT_STATE_CONFLICT',
   /** A tenant name or suspension reason that is blank or too long. */
-  inputInvalid: 'TENANTRY_ERR_HTTP_VALIDATION',
+  inputInvalid: 'TENANTRY_ERR_TENANT_INVALID',
   /** An erasure whose verification still found the tenant's data. */
-  erasureIncomplete: 'TENANTRY_ERR_DB_QUERY_FAILED',
+  erasureIncomplete: 'TENANTRY_ERR_TENANT_ERASURE_INCOMPLETE',
   /** Storage that failed to return an object. */
-  storageUnavailable: 'TENANTRY_ERR_DB_UNAVAILABLE',
+  storageUnavailable: 'TENANTRY_ERR_STORAGE_UNAVAILABLE',
 } as const satisfies Record<string, TenantryErrorCode>);
