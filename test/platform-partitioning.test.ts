@@ -440,6 +440,32 @@ describe('dedicated partitions', () => {
       (error) => isTenantryError(error) && /has no dedicated partition/.test(error.message),
     );
   });
+
+  test('a move keeps the app role append-only on usage_events (no INSERT, UPDATE or DELETE)', async () => {
+    const privileges = async () =>
+      admin<{ privilege: string; granted: boolean }>(
+        `select privilege, has_table_privilege('tenantry_app', 'tenantry.usage_events', privilege) as granted
+           from unnest(array['SELECT', 'INSERT', 'UPDATE', 'DELETE']) as privilege order by 1`,
+      );
+    const before = await privileges();
+    assert.deepEqual(
+      before.filter((row) => row.granted).map((row) => row.privilege),
+      ['SELECT'],
+    );
+    const tenantId = tenantAt(2).tenantId;
+    await dedicatePartition({
+      connectionString: database.adminUrl,
+      table: 'tenantry.usage_events',
+      tenantId,
+    });
+    assert.deepEqual(await privileges(), before);
+    await undedicatePartition({
+      connectionString: database.adminUrl,
+      table: 'tenantry.usage_events',
+      tenantId,
+    });
+    assert.deepEqual(await privileges(), before);
+  });
 });
 
 describe('doctor: partition layout', () => {

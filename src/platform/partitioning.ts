@@ -4,6 +4,8 @@ import {
   parseIdentifier,
   quoteIdentifier,
   quoteLiteral,
+  type RoleNames,
+  resolveRoleNames,
 } from '../config.ts';
 import { connectClient } from '../database/client.ts';
 import { toTenantryError } from '../database-errors.ts';
@@ -76,6 +78,8 @@ export interface PartitionMoveOptions {
   readonly tenantId: string;
   /** Schema of Tenantry's own objects (for `enable_tenant_isolation`). @defaultValue 'tenantry' */
   readonly tenantrySchema?: string;
+  /** Role names (the app role keeps exactly the table privileges it had). */
+  readonly roles?: Partial<RoleNames>;
   /**
    * How long to wait for each lock before giving up (the move then rolls back and changes
    * nothing). @defaultValue 10000
@@ -260,6 +264,7 @@ async function movePartition(
     options.tenantrySchema ?? defaultTenantrySchema,
     'tenantrySchema',
   );
+  const appRole = resolveRoleNames(options.roles).app;
   const lockTimeoutMs = options.lockTimeoutMs ?? 10_000;
   if (!Number.isInteger(lockTimeoutMs) || lockTimeoutMs < 1) {
     throw new TenantryError(
@@ -294,6 +299,14 @@ async function movePartition(
     }
     progress('locking');
     await client.query(`lock table ${layout.name} in share row exclusive mode`);
+    // enable_tenant_isolation() (run below for the new partition) grants the app role full DML
+    // on the parent; a table that withholds some (tenantry.usage_events is append-only through
+    // record_usage()) must keep withholding them.
+    const withheld = await client.query<{ privilege: string }>(
+      `select privilege from unnest(array['SELECT', 'INSERT', 'UPDATE', 'DELETE']) as privilege
+        where not has_table_privilege($1, $2::regclass, privilege)`,
+      [appRole, layout.name],
+    );
 
     const existing = (await readPartitions(client, layout)).find(
       (row) => row.tenant_id === tenantId,
@@ -365,6 +378,9 @@ async function movePartition(
       `select ${quoteIdentifier(tenantrySchema)}.enable_tenant_isolation($1::regclass)`,
       [layout.name],
     );
+    for (const { privilege } of withheld.rows) {
+      await client.query(`revoke ${privilege} on ${layout.name} from ${quoteIdentifier(appRole)}`);
+    }
 
     progress('verifying');
     const where = direction === 'dedicate' ? partition : hashPartition;
