@@ -22,7 +22,9 @@ export interface CliConfig {
  * Reads the configuration from environment variables (`DATABASE_URL`,
  * `TENANTRY_APP_DATABASE_URL`, `TENANTRY_ANALYTICS_DATABASE_URL`, `TENANTRY_DATABASE_NAME`,
  * `TENANTRY_DATA_DIR`, `TENANTRY_MIGRATIONS_DIR`, `LOG_LEVEL`). Call it from your composition
- * root; nothing else in Tenantry reads the environment.
+ * root. The library never reads the environment; besides this, only the CLI's entry point does
+ * (`TENANTRY_ADMIN_TOKEN`, and the erasure signing key and storage settings it hands to
+ * `tenantry tenants export|erase`).
  *
  * @example
  * ```ts
