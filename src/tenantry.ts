@@ -15,7 +15,7 @@ import {
 } from 'kysely';
 import pg from 'pg';
 import Cursor from 'pg-cursor';
-import { defaultTenantrySchema } from './config.ts';
+import { defaultTenantrySchema, parseIdentifier, quoteIdentifier } from './config.ts';
 import { ContextStatement } from './context-statement.ts';
 import { isRetryableError, toTenantryError } from './database-errors.ts';
 import { isTenantryError, TenantryError } from './errors.ts';
@@ -95,6 +95,17 @@ export interface TenantryOptions {
   readonly autocommitReads?: boolean;
   /** Extra Kysely plugins, applied after the guard. @defaultValue [] */
   readonly plugins?: readonly KyselyPlugin[];
+  /**
+   * The schema holding a tenant's tables when it is not in the shared (`public`) ones, or
+   * `undefined` for a pooled tenant; asked once per unit of work, before its first statement,
+   * so answer from a cache (`createSchemaPlacementRouter` from `tenantry/placement` does). The
+   * unit then runs with `SET LOCAL search_path = <schema>, public`, which ends with its
+   * transaction. A rejection fails the unit; nothing falls back to the shared tables.
+   * @defaultValue every tenant in the shared tables
+   */
+  readonly tenantSchema?: (
+    tenantId: TenantId,
+  ) => string | undefined | PromiseLike<string | undefined>;
   readonly logger?: Logger;
 }
 
@@ -326,6 +337,9 @@ class UnitOfWork implements DatabaseConnection {
   #commitStatement: { readonly sql: string; readonly values: readonly unknown[] } | undefined;
 
   readonly #statements: StatementCache | undefined;
+  readonly #tenantSchema: TenantryOptions['tenantSchema'];
+  /** `SET LOCAL search_path` for a tenant placed in its own schema, known once connected. */
+  #searchPath: string | undefined;
 
   constructor(
     acquire: () => Promise<pg.PoolClient>,
@@ -334,7 +348,9 @@ class UnitOfWork implements DatabaseConnection {
     oneShot: boolean,
     statements: StatementCache | undefined,
     readPrefix: readonly string[] | undefined = undefined,
+    tenantSchema: TenantryOptions['tenantSchema'] = undefined,
   ) {
+    this.#tenantSchema = tenantSchema;
     this.#acquire = acquire;
     this.#readPrefix = readPrefix;
     this.context = context;
@@ -373,8 +389,22 @@ class UnitOfWork implements DatabaseConnection {
    * never queries never takes one.
    */
   #connect(): Promise<pg.PoolClient> {
-    this.#connecting ??= this.#acquire();
+    this.#connecting ??= this.#tenantSchema === undefined ? this.#acquire() : this.#route();
     return this.#connecting;
+  }
+
+  /** Asks where the tenant's tables live before taking a connection. */
+  async #route(): Promise<pg.PoolClient> {
+    const schema = await this.#tenantSchema?.(this.context.tenantId);
+    if (schema !== undefined) {
+      this.#searchPath = `set local search_path = ${quoteIdentifier(parseIdentifier(schema, 'tenantSchema'))}, public`;
+    }
+    return this.#acquire();
+  }
+
+  /** The statements that open a transaction, with the tenant's search path when it has one. */
+  #routed(prefix: readonly string[]): readonly string[] {
+    return this.#searchPath === undefined ? prefix : [...prefix, this.#searchPath];
   }
 
   /** Whether the connection's transaction state is unknown, so it must not be reused. */
@@ -432,16 +462,22 @@ class UnitOfWork implements DatabaseConnection {
     const values = compiled.parameters as unknown[];
     // The first query opens the transaction; `#state` changes before anything is awaited so
     // concurrent queries queue behind it on the client in order.
-    const prefix = this.#state === 'idle' ? this.#prefix : [];
+    const opens = this.#state === 'idle';
     this.#state = 'begun';
     const sent = this.#track(
       this.#connect().then((client) =>
-        new ContextStatement(prefix, compiled.sql, values, [], this.#statements).run(client),
+        new ContextStatement(
+          opens ? this.#routed(this.#prefix) : [],
+          compiled.sql,
+          values,
+          [],
+          this.#statements,
+        ).run(client),
       ),
     );
     try {
       const { result, commands } = await sent;
-      if (prefix.length > 0 && commands[0] !== 'BEGIN') throw rolledBack(undefined);
+      if (opens && commands[0] !== 'BEGIN') throw rolledBack(undefined);
       return toQueryResult<R>(result);
     } catch (error) {
       throw toTenantryError(error);
@@ -465,7 +501,7 @@ class UnitOfWork implements DatabaseConnection {
       const client = await this.#connect();
       try {
         const outcome = await new ContextStatement(
-          readPrefix,
+          this.#routed(readPrefix),
           compiled.sql,
           values,
           ['commit'],
@@ -483,7 +519,7 @@ class UnitOfWork implements DatabaseConnection {
         if ((error as { code?: unknown }).code !== '25006') throw error;
       }
       this.#readPrefix = undefined;
-      const prefix = this.#state === 'idle' ? this.#prefix : [];
+      const prefix = this.#state === 'idle' ? this.#routed(this.#prefix) : [];
       this.#state = 'begun';
       const { result, commands } = await new ContextStatement(
         prefix,
@@ -514,7 +550,7 @@ class UnitOfWork implements DatabaseConnection {
     let outcome: Awaited<ReturnType<ContextStatement['run']>>;
     try {
       outcome = await new ContextStatement(
-        this.#prefix,
+        this.#routed(this.#prefix),
         compiled.sql,
         compiled.parameters as unknown[],
         ['commit'],
@@ -555,7 +591,7 @@ class UnitOfWork implements DatabaseConnection {
       if (this.#state === 'idle') {
         this.#state = 'begun';
         // The prefix holds only validated literals (see contextStatements).
-        const begun = await this.#track(client.query(this.#prefix.join('; ')));
+        const begun = await this.#track(client.query(this.#routed(this.#prefix).join('; ')));
         const commands = (Array.isArray(begun) ? begun : [begun]).map(
           (result: pg.QueryResult) => result.command,
         );
@@ -611,7 +647,7 @@ class UnitOfWork implements DatabaseConnection {
       let outcome: Awaited<ReturnType<ContextStatement['run']>>;
       try {
         outcome = await new ContextStatement(
-          begun ? [] : this.#prefix,
+          begun ? [] : this.#routed(this.#prefix),
           commitStatement.sql,
           commitStatement.values as unknown[],
           ['commit'],
@@ -866,6 +902,9 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
       'serializationRetries must be a non-negative integer.',
     );
   }
+  if (options.tenantSchema !== undefined && typeof options.tenantSchema !== 'function') {
+    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'tenantSchema must be a function.');
+  }
   const logger = options.logger ?? silentLogger;
   const pool = new pg.Pool({
     connectionString: settings.connectionString,
@@ -941,6 +980,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
       oneShot,
       statements,
       oneShot ? undefined : readStatements(context, unitOptions, autocommitReads),
+      options.tenantSchema,
     );
     let result: T;
     try {
@@ -999,6 +1039,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
         false,
         statements,
         readStatements(context, unitOptions, autocommitReads),
+        options.tenantSchema,
       );
       const unitDb = createDatabase(
         new TenantryDriver(pool, () => unit, false),

@@ -14,6 +14,7 @@ import { createConsoleLogger } from './console-logger.ts';
 import { type PreparedDatabase, prepareDatabase, requireAppUrl } from './database.ts';
 import { addJobCommands } from './job-commands.ts';
 import { addPartitionCommands } from './partition-commands.ts';
+import { addPlacementCommands } from './placement-commands.ts';
 import { addTenantLifecycleCommands } from './tenant-commands.ts';
 import { UsageError } from './usage-error.ts';
 import { addWebhookCommands } from './webhook-commands.ts';
@@ -130,6 +131,9 @@ addWorkerCommand(program, config, logger);
 addJobCommands(program, withDatabase);
 addBillingCommands(program, withDatabase);
 addPartitionCommands(program, withDatabase);
+addPlacementCommands(program, withDatabase, {
+  sources: [{ name: 'app', directory: config.migrationsDirectory }],
+});
 const tenants = program.command('tenants').description('Tenants: list, statistics, lifecycle.');
 addAdminCommands(tenants, program, withDatabase, { adminToken: process.env.TENANTRY_ADMIN_TOKEN });
 addTenantLifecycleCommands(tenants, withDatabase, process.env);

@@ -1,0 +1,33 @@
+/**
+ * Tenant placement: tenants whose tables live in a dedicated schema of the pool database, the
+ * router that sends their units of work there, and migrations across those schemas.
+ *
+ * @example
+ * ```ts
+ * import { createSchemaPlacementRouter, migrateTargets, placeTenantInSchema } from 'tenantry/placement';
+ * ```
+ */
+
+export {
+  type MigrateTargetsOptions,
+  type MigrateTargetsProgress,
+  type MigrateTargetsSummary,
+  migrateTargets,
+  type TargetMigrationResult,
+} from './migrate-targets.ts';
+export {
+  createSchemaPlacementRouter,
+  listPlacements,
+  type PlacementInfo,
+  type SchemaPlacementRouter,
+  type SchemaPlacementRouterOptions,
+} from './placement-catalog.ts';
+export {
+  compareWithPool,
+  defaultTenantSchemaName,
+  type PlaceTenantInSchemaOptions,
+  placeTenantInSchema,
+  type SchemaDifference,
+  type SchemaPlacement,
+} from './schema-targets.ts';
+export { type MigrationStatement, splitMigrationStatements } from './tenant-statements.ts';

@@ -1,0 +1,297 @@
+import pg from 'pg';
+import { defaultTenantrySchema, parseIdentifier, quoteIdentifier } from '../config.ts';
+import { withClient } from '../database/client.ts';
+import { toTenantryError } from '../database-errors.ts';
+import { TenantryError } from '../errors.ts';
+import { type Logger, silentLogger, summarizeError } from '../logger.ts';
+import { isUuid, parseTenantId, type TenantId } from '../tenant-id.ts';
+
+/** Options for {@link createSchemaPlacementRouter}. */
+export interface SchemaPlacementRouterOptions {
+  /** A role that can read the placement catalog: the app role can. */
+  readonly connectionString: string;
+  /** Schema of Tenantry's own objects. @defaultValue 'tenantry' */
+  readonly schema?: string;
+  /**
+   * How long an answer stays cached. Placement changes are announced on `tenantry_placements`
+   * and drop the entry at once; the lifetime bounds staleness if a notification is lost.
+   * @defaultValue 60000
+   */
+  readonly ttlMs?: number;
+  /** Most tenants kept; the least recently used go first. @defaultValue 10000 */
+  readonly maxEntries?: number;
+  readonly logger?: Logger;
+}
+
+/** Where each tenant's tables live, for `createTenantry({ tenantSchema })`. */
+export interface SchemaPlacementRouter {
+  /**
+   * The tenant's dedicated schema, or `undefined` for a pooled tenant. A cached answer is
+   * returned as is (no promise, no allocation); a miss reads the catalog. Pass it as
+   * `tenantSchema` to `createTenantry`.
+   */
+  readonly schemaFor: (tenantId: TenantId) => string | undefined | Promise<string | undefined>;
+  /** Drops one tenant's cached answer, or all. */
+  invalidate(tenantId?: string): void;
+  /** Whether the change listener is connected (answers are only cached while it is). */
+  readonly isListening: boolean;
+  /** Stops listening and closes the connections. */
+  close(): Promise<void>;
+}
+
+interface Entry {
+  readonly schema: string | undefined;
+  readonly expiresAt: number;
+}
+
+/**
+ * Creates the router that tells Tenantry which schema holds a tenant's tables. Answers (including
+ * "pooled", the common one) are cached per tenant, least recently used evicted; a listener on
+ * channel `tenantry_placements` drops a tenant's answer when its placement changes. While the
+ * listener is disconnected nothing is cached and every unit of work reads the catalog: stale
+ * routing would send a tenant's writes to the wrong tables. A failed read fails the unit of work
+ * (`TENANTRY_ERR_DB_UNAVAILABLE`); it never falls back to the shared tables.
+ *
+ * @example
+ * ```ts
+ * import { createTenantry } from 'tenantry';
+ * import { createSchemaPlacementRouter } from 'tenantry/placement';
+ * const placements = await createSchemaPlacementRouter({ connectionString: appUrl });
+ * const tenantry = await createTenantry<DB>({
+ *   connectionString: appUrl,
+ *   tenantSchema: placements.schemaFor,
+ * });
+ * // ... on shutdown
+ * await tenantry.close();
+ * await placements.close();
+ * ```
+ */
+export async function createSchemaPlacementRouter(
+  options: SchemaPlacementRouterOptions,
+): Promise<SchemaPlacementRouter> {
+  if (typeof options?.connectionString !== 'string' || options.connectionString === '') {
+    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'connectionString is required.');
+  }
+  const ttlMs = options.ttlMs ?? 60_000;
+  const maxEntries = options.maxEntries ?? 10_000;
+  for (const [key, value] of [
+    ['ttlMs', ttlMs],
+    ['maxEntries', maxEntries],
+  ] as const) {
+    if (!Number.isSafeInteger(value) || value < 0) {
+      throw new TenantryError(
+        'TENANTRY_ERR_CONFIG_INVALID',
+        `${key} must be a non-negative integer.`,
+      );
+    }
+  }
+  const logger = options.logger ?? silentLogger;
+  const schema = quoteIdentifier(
+    parseIdentifier(options.schema ?? defaultTenantrySchema, 'schema'),
+  );
+  const selectSql = `select schema_name from ${schema}.tenant_placements where tenant_id = $1`;
+  const pool = new pg.Pool({ connectionString: options.connectionString, max: 2 });
+  pool.on('error', (error) =>
+    logger.warn({ err: summarizeError(error) }, 'placement router connection failed'),
+  );
+
+  const cache = new Map<string, Entry>();
+  const inFlight = new Map<string, Promise<string | undefined>>();
+  let listener: pg.Client | undefined;
+  let listening = false;
+  let closed = false;
+  let retryTimer: NodeJS.Timeout | undefined;
+  // Bumped on every invalidation: a read that started before a change never caches its answer.
+  let generation = 0;
+
+  const invalidate = (tenantId?: string) => {
+    generation++;
+    if (tenantId === undefined) cache.clear();
+    else cache.delete(tenantId.toLowerCase());
+  };
+
+  const listen = async (): Promise<void> => {
+    const client = new pg.Client({ connectionString: options.connectionString });
+    client.on('notification', (message) => {
+      const payload = message.payload ?? '';
+      invalidate(isUuid(payload) ? payload : undefined);
+    });
+    client.on('error', (error) => {
+      logger.warn({ err: summarizeError(error) }, 'placement listener failed; reconnecting');
+      disconnected(client);
+    });
+    client.on('end', () => disconnected(client));
+    try {
+      await client.connect();
+      await client.query('listen tenantry_placements');
+    } catch (error) {
+      await client.end().catch(() => undefined);
+      throw error;
+    }
+    if (closed) {
+      await client.end();
+      return;
+    }
+    listener = client;
+    invalidate();
+    listening = true;
+  };
+
+  const disconnected = (client: pg.Client) => {
+    if (listener !== client) return;
+    listener = undefined;
+    listening = false;
+    invalidate();
+    scheduleListen(250);
+  };
+
+  const scheduleListen = (delayMs: number) => {
+    if (closed || retryTimer !== undefined) return;
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      listen().catch((error: unknown) => {
+        logger.warn({ err: summarizeError(error) }, 'placement router could not listen; retrying');
+        scheduleListen(Math.min(delayMs * 2, 5_000));
+      });
+    }, delayMs);
+    retryTimer.unref();
+  };
+
+  const read = (tenantId: string): Promise<string | undefined> => {
+    const pending = inFlight.get(tenantId);
+    if (pending !== undefined) return pending;
+    const started = generation;
+    const query = (async () => {
+      try {
+        const result = await pool.query<{ schema_name: string }>(selectSql, [tenantId]);
+        const found = result.rows[0]?.schema_name;
+        if (listening && generation === started && ttlMs > 0 && maxEntries > 0) {
+          cache.set(tenantId, { schema: found, expiresAt: Date.now() + ttlMs });
+          while (cache.size > maxEntries) {
+            const oldest = cache.keys().next().value;
+            if (oldest === undefined) break;
+            cache.delete(oldest);
+          }
+        }
+        return found;
+      } catch (error) {
+        throw new TenantryError(
+          'TENANTRY_ERR_DB_UNAVAILABLE',
+          "The tenant's placement cannot be read right now; retry shortly.",
+          { cause: toTenantryError(error) },
+        );
+      } finally {
+        inFlight.delete(tenantId);
+      }
+    })();
+    inFlight.set(tenantId, query);
+    return query;
+  };
+
+  try {
+    await listen();
+  } catch (error) {
+    await pool.end().catch(() => undefined);
+    throw toTenantryError(error);
+  }
+
+  const schemaFor = (tenantId: TenantId): string | undefined | Promise<string | undefined> => {
+    if (closed) {
+      return Promise.reject(
+        new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'The placement router is closed.'),
+      );
+    }
+    const entry = cache.get(tenantId);
+    if (entry !== undefined && entry.expiresAt > Date.now()) {
+      cache.delete(tenantId);
+      cache.set(tenantId, entry);
+      return entry.schema;
+    }
+    return read(tenantId);
+  };
+
+  return Object.freeze({
+    schemaFor,
+    invalidate,
+    get isListening() {
+      return listening;
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      listening = false;
+      invalidate();
+      if (retryTimer !== undefined) clearTimeout(retryTimer);
+      const client = listener;
+      listener = undefined;
+      await client?.end().catch(() => undefined);
+      if (!pool.ended) await pool.end();
+    },
+  });
+}
+
+/** A tenant placed in its own schema, and how far its migrations are. */
+export interface PlacementInfo {
+  readonly tenantId: TenantId;
+  readonly slug: string;
+  readonly schema: string;
+  /** Migration files applied to the schema. */
+  readonly appliedMigrations: number;
+  /** The latest applied file, as `source/version`, or `null`. */
+  readonly latestMigration: string | null;
+  readonly placedAt: Date;
+}
+
+/**
+ * Lists the tenants placed in their own schema, with the migrations each has applied.
+ *
+ * @example
+ * ```ts
+ * import { listPlacements } from 'tenantry/placement';
+ * for (const placement of await listPlacements({ connectionString: adminUrl })) {
+ *   console.log(placement.slug, placement.schema, placement.latestMigration);
+ * }
+ * ```
+ */
+export async function listPlacements(options: {
+  readonly connectionString: string;
+  /** Schema of Tenantry's own objects. @defaultValue 'tenantry' */
+  readonly schema?: string;
+  /** Only this tenant. */
+  readonly tenantId?: string;
+}): Promise<PlacementInfo[]> {
+  const schema = quoteIdentifier(
+    parseIdentifier(options.schema ?? defaultTenantrySchema, 'schema'),
+  );
+  const tenantId = options.tenantId === undefined ? null : parseTenantId(options.tenantId);
+  return withClient(options.connectionString, async (client) => {
+    const result = await client.query<{
+      tenant_id: TenantId;
+      slug: string;
+      schema_name: string;
+      applied: number;
+      latest: string | null;
+      created_at: Date;
+    }>(
+      `select p.tenant_id, t.slug, p.schema_name, p.created_at,
+              (select count(*)::int from ${schema}.placement_migrations m where m.schema_name = p.schema_name) as applied,
+              (select m.source || '/' || m.version from ${schema}.placement_migrations m
+                where m.schema_name = p.schema_name order by m.applied_at desc, m.version desc limit 1) as latest
+         from ${schema}.tenant_placements p
+         join ${schema}.tenants t on t.id = p.tenant_id
+        where $1::uuid is null or p.tenant_id = $1::uuid
+        order by t.slug`,
+      [tenantId],
+    );
+    return result.rows.map((row) =>
+      Object.freeze({
+        tenantId: row.tenant_id,
+        slug: row.slug,
+        schema: row.schema_name,
+        appliedMigrations: row.applied,
+        latestMigration: row.latest,
+        placedAt: row.created_at,
+      }),
+    );
+  });
+}
