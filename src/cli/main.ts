@@ -4,6 +4,7 @@ import { formatDoctorReport, runDoctor } from '../doctor/doctor.ts';
 import { isTenantryError } from '../errors.ts';
 import { jobsMigrationSource } from '../jobs/index.ts';
 import { migrate } from '../migrations/migrate.ts';
+import { migrateTargets } from '../placement/index.ts';
 import { platformMigrationSource } from '../platform/index.ts';
 import { storageMigrationSource } from '../storage/index.ts';
 import { createTenantry } from '../tenantry.ts';
@@ -59,6 +60,22 @@ async function applyMigrations(database: PreparedDatabase, directory: string) {
         : ''
     }\n`,
   );
+  // Tenants placed in dedicated schemas get the same app migrations, each schema on its own.
+  const targets = await migrateTargets({
+    connectionString: database.adminUrl,
+    sources: [{ name: 'app', directory }],
+  });
+  if (targets.total > 0) {
+    process.stdout.write(
+      `dedicated schemas: ${targets.migrated} migrated, ${targets.upToDate} up to date, ${targets.failed.length} failed, ${targets.busy.length} busy\n`,
+    );
+    for (const failed of targets.failed) {
+      process.stderr.write(
+        `  ${failed.schema} (tenant ${failed.tenantId}): ${failed.error?.message ?? 'failed'}\n`,
+      );
+    }
+    if (targets.failed.length > 0 || targets.busy.length > 0) process.exitCode = 1;
+  }
 }
 
 const program = new Command()
