@@ -10,6 +10,7 @@ import { storageMigrationSource } from '../storage/index.ts';
 import { createTenantry } from '../tenantry.ts';
 import { addAdminCommands } from './admin-commands.ts';
 import { addBillingCommands } from './billing-commands.ts';
+import { addCitusCommands } from './citus-commands.ts';
 import { loadCliConfig } from './config.ts';
 import { createConsoleLogger } from './console-logger.ts';
 import { type PreparedDatabase, prepareDatabase, requireAppUrl } from './database.ts';
@@ -148,6 +149,7 @@ addWorkerCommand(program, config, logger);
 addJobCommands(program, withDatabase);
 addBillingCommands(program, withDatabase);
 addPartitionCommands(program, withDatabase);
+addCitusCommands(program, withDatabase);
 addPlacementCommands(program, withDatabase, {
   sources: [{ name: 'app', directory: config.migrationsDirectory }],
 });

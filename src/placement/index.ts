@@ -9,6 +9,23 @@
  */
 
 export {
+  type CitusInfo,
+  type DistributeProgress,
+  type DistributeSummary,
+  type DistributeTenantTablesOptions,
+  type DistributionBlocker,
+  type DistributionCatalogTable,
+  type DistributionForeignKey,
+  type DistributionPlan,
+  type DistributionStep,
+  detectCitus,
+  distributeTenantTables,
+  type PlanDistributionOptions,
+  planDistribution,
+  readDistributionCatalog,
+  requireCitus,
+} from './citus.ts';
+export {
   type MigrateTargetsOptions,
   type MigrateTargetsProgress,
   type MigrateTargetsSummary,
