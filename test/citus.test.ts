@@ -9,6 +9,7 @@ import { jobsMigrationSource } from 'tenantry/jobs';
 import {
   type DistributionCatalogTable,
   type DistributionPlan,
+  detectCitus,
   distributeTenantTables,
   planDistribution,
   readDistributionCatalog,
@@ -16,7 +17,6 @@ import {
 import { platformMigrationSource } from 'tenantry/platform';
 import { storageMigrationSource } from 'tenantry/storage';
 import { createTestDatabase, type TestDatabase } from 'tenantry/testing';
-// Until src/placement/index.ts re-exports the Citus module, the tests reach it by path.
 import { addCitusCommands } from '../src/cli/citus-commands.ts';
 import type { PreparedDatabase } from '../src/cli/database.ts';
 import { type ReferenceDatabase, referenceTenantTables, withClient } from './fixtures.ts';
