@@ -11,12 +11,12 @@ import {
   createTenantDirectory,
   createTenantry,
   isTenantryError,
+  runDoctor,
   silentLogger,
   type Tenantry,
 } from 'tenantry';
 import { billingMigrationSource } from 'tenantry/billing';
 import { createJobWorker, defineJob, enqueueJob, jobsMigrationSource } from 'tenantry/jobs';
-// Until package.json exports "./placement", the tests reach the module by path.
 import {
   compareWithPool,
   createSchemaPlacementRouter,
@@ -213,6 +213,32 @@ describe('placing a tenant in its own schema', () => {
       ]),
       [[a.tenantId, schemaA, 7]],
     );
+  });
+
+  test('the doctor audits dedicated schemas: clean by default, and a hole there is found', async () => {
+    const clean = await runDoctor({ connectionString: database.adminUrl });
+    assert.deepEqual(
+      clean.findings.filter((finding) => finding.object.startsWith(`${schemaA}.`)),
+      [],
+    );
+    assert.ok(clean.tenantTables.includes(`${schemaA}.contacts`), 'the schema was audited');
+    await admin(`alter table ${schemaA}.tags no force row level security`);
+    try {
+      const holed = await runDoctor({ connectionString: database.adminUrl });
+      assert.ok(
+        holed.findings.some(
+          (finding) => finding.kind === 'rls_not_forced' && finding.object === `${schemaA}.tags`,
+        ),
+        JSON.stringify(holed.findings),
+      );
+      const poolOnly = await runDoctor({
+        connectionString: database.adminUrl,
+        placementSchemas: false,
+      });
+      assert.ok(!poolOnly.findings.some((finding) => finding.object.startsWith(`${schemaA}.`)));
+    } finally {
+      await admin(`alter table ${schemaA}.tags force row level security`);
+    }
   });
 
   test('shared objects are not duplicated in the schema', async () => {

@@ -110,11 +110,13 @@ program
   .description('Audit tenant isolation; exits 1 when anything is found.')
   .option('--json', 'print the report as JSON')
   .option('--schema <name...>', 'schemas holding tenant tables', ['public'])
-  .action(async (options: { json?: boolean; schema: string[] }) => {
+  .option('--no-placements', "audit only the --schema schemas, not tenants' dedicated schemas")
+  .action(async (options: { json?: boolean; schema: string[]; placements: boolean }) => {
     await withDatabase(async (database) => {
       const report = await runDoctor({
         connectionString: database.adminUrl,
         schemas: options.schema,
+        placementSchemas: options.placements !== false,
       });
       process.stdout.write(
         options.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatDoctorReport(report)}\n`,

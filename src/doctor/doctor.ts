@@ -2,6 +2,7 @@ import type pg from 'pg';
 import {
   defaultTenantrySchema,
   parseIdentifier,
+  quoteIdentifier,
   type RoleNames,
   resolveRoleNames,
 } from '../config.ts';
@@ -17,6 +18,11 @@ export interface DoctorOptions {
   readonly schemas?: readonly string[];
   /** Schema of Tenantry's own objects. @defaultValue 'tenantry' */
   readonly tenantrySchema?: string;
+  /**
+   * Also audit every tenant's dedicated schema recorded in `tenant_placements` (schema
+   * placement), besides `schemas`. @defaultValue true
+   */
+  readonly placementSchemas?: boolean;
   /** Role names; the audit is about the app role. @defaultValue {@link defaultRoleNames} */
   readonly roles?: Partial<RoleNames>;
 }
@@ -155,8 +161,22 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
     await client.query(
       'begin transaction isolation level repeatable read, read only; set local search_path = pg_catalog',
     );
+    let audited = schemas;
+    if (options.placementSchemas !== false) {
+      const catalog = await client.query<{ exists: boolean }>(
+        `select to_regclass(format('%I.tenant_placements', $1::text)) is not null as exists`,
+        [tenantrySchema],
+      );
+      if (catalog.rows[0]?.exists === true) {
+        const placed = await client.query<{ schema_name: string }>(
+          `select schema_name from ${quoteIdentifier(tenantrySchema)}.tenant_placements
+            where schema_name is not null order by 1`,
+        );
+        audited = [...new Set([...schemas, ...placed.rows.map((row) => row.schema_name)])];
+      }
+    }
     const context = await loadContext(client, {
-      schemas,
+      schemas: audited,
       tenantrySchema,
       roles,
     });

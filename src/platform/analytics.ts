@@ -5,7 +5,12 @@ import { TenantryError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import { createPlatformDatabase, type PlatformDatabase } from '../platform-database.ts';
 import { parseTenantId, type TenantId } from '../tenant-id.ts';
-import { listTenantTables, type Queryable, type TenantTable } from './tenant-tables.ts';
+import {
+  listTenantTables,
+  listTenantTablesOf,
+  type Queryable,
+  type TenantTable,
+} from './tenant-tables.ts';
 
 // Analytics arguments a caller got wrong (a bad `days`, `limit`, `by`): 400 on the admin API.
 const invalidQuery = 'TENANTRY_ERR_HTTP_VALIDATION' as const;
@@ -269,12 +274,16 @@ export async function createAnalytics(options: AnalyticsOptions): Promise<Analyt
       from ${t('tenants')} t`;
 
   // The one definition of a tenant table (tenant-tables.ts), read through this transaction.
-  const discoverTables = async (executor: Executor) => {
+  // With a tenant: the tables its placement can hold its rows in (not other tenants' schemas).
+  const discoverTables = async (executor: Executor, tenantId?: TenantId) => {
     const queryable = {
       query: (text: string, values?: unknown[]) =>
         executor.executeQuery(CompiledQuery.raw(text, values ?? [])),
     } as unknown as Queryable;
-    const tables = await listTenantTables(queryable, { tenantrySchema: schema });
+    const tables =
+      tenantId === undefined
+        ? await listTenantTables(queryable, { tenantrySchema: schema })
+        : (await listTenantTablesOf(queryable, tenantId, { tenantrySchema: schema })).tables;
     const unreadable = await sql<{ name: string }>`
       select name from unnest(${tables.map((table) => table.sql)}::text[]) as name
        where not has_table_privilege(name, 'select')`.execute(executor);
@@ -534,7 +543,7 @@ export async function createAnalytics(options: AnalyticsOptions): Promise<Analyt
       const id = parseTenantId(tenantId);
       return read(async (trx) => {
         const tenant = await findTenant(trx, id);
-        const discovered = await discoverTables(trx);
+        const discovered = await discoverTables(trx, id);
         const readable = discovered.filter((entry) => entry.readable).map((entry) => entry.table);
         let tables: { table: string; rows: number }[] = [];
         if (readable.length > 0) {

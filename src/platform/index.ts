@@ -76,6 +76,8 @@ export type {
 export {
   deletionOrder,
   listTenantTables,
+  listTenantTablesOf,
   type Queryable,
   type TenantTable,
+  type TenantTablesOfTenant,
 } from './tenant-tables.ts';

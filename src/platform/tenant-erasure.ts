@@ -5,13 +5,14 @@ import { defaultTenantrySchema, quoteIdentifier } from '../config.ts';
 import { toTenantryError } from '../database-errors.ts';
 import { TenantryError } from '../errors.ts';
 import type { JobAdmin } from '../jobs/job-admin.ts';
+import { schemaLockKey } from '../placement/migrate-targets.ts';
 import type { StorageDriver } from '../storage/storage-driver.ts';
 import { parseTenantId, type TenantId } from '../tenant-id.ts';
 import { tenantryVersion } from './tenant-export.ts';
 import {
   deletionOrder,
   lifecycleErrorCodes,
-  listTenantTables,
+  listTenantTablesOf,
   type TenantTable,
 } from './tenant-tables.ts';
 
@@ -89,6 +90,11 @@ export interface ErasureReport {
     readonly jobsRemaining: 0;
     readonly outboxEventsRemaining: 0;
   };
+  /**
+   * For a tenant placed in its own schema (absent for a pooled one): the schema, dropped once its
+   * tenant tables held no row, and verified gone; the placement is cleared (`pool`).
+   */
+  readonly placement?: { readonly schema: string; readonly dropped: true };
   /** The catalog row stays (status `deleted`) so the id is never reused; slug and name are scrubbed. */
   readonly catalog: { readonly kept: true; readonly status: 'deleted'; readonly slug: string };
 }
@@ -120,6 +126,8 @@ interface Journal {
   objectsDeleted: number;
   jobsRemoved: number;
   eventsDeleted: number;
+  /** The tenant's dedicated schema when the erasure started (absent for a pooled tenant). */
+  placementSchema?: string;
 }
 
 const maxVerificationRounds = 3;
@@ -239,7 +247,13 @@ export async function eraseTenantData(
       progress({ kind: 'step', step: 'started' });
 
       const prefix = `tenants/${tenantId}/`;
-      const verification = { rows: 0, objects: null as number | null, jobs: 0, events: 0 };
+      const verification = {
+        rows: 0,
+        objects: null as number | null,
+        jobs: 0,
+        events: 0,
+        schema: false,
+      };
       const counts: Record<string, number> = {};
       for (let round = 1; ; round++) {
         await removeJobs(context, schema, tenantId, journal, options.jobsDrainTimeoutMs ?? 60_000);
@@ -254,11 +268,17 @@ export async function eraseTenantData(
         }
         progress({ kind: 'step', step: 'objects' });
 
-        const tables = deletionOrder(
-          await listTenantTables(context.pool, { tenantrySchema }),
-          tenantrySchema,
-        );
-        for (const table of tables) {
+        const placed = await listTenantTablesOf(context.pool, tenantId, { tenantrySchema });
+        if (placed.schema !== null && journal.placementSchema === undefined) {
+          journal.placementSchema = placed.schema;
+          await recordStep(context.pool, schema, tenantId, 'objects', {
+            placementSchema: placed.schema,
+          });
+        }
+        // A placed tenant's placement row goes with its schema (releasePlacement), never alone.
+        const placementTable = `${tenantrySchema}.tenant_placements`;
+        for (const table of deletionOrder(placed.tables, tenantrySchema)) {
+          if (placed.schema !== null && table.name === placementTable) continue;
           await deleteRows(context.pool, schema, table, tenantId, batchRows, journal, progress);
         }
         await recordStep(context.pool, schema, tenantId, 'rows', {});
@@ -267,6 +287,16 @@ export async function eraseTenantData(
         await deleteOutboxEvents(context.pool, schema, tenantId, batchRows, journal);
         progress({ kind: 'step', step: 'outbox' });
 
+        if (placed.schema !== null) {
+          journal.deleted[placementTable] =
+            (journal.deleted[placementTable] ?? 0) +
+            (await releasePlacement(context.pool, schema, placementTable, tenantId, placed.schema));
+        }
+
+        const tables =
+          placed.schema === null
+            ? placed.tables
+            : (await listTenantTablesOf(context.pool, tenantId, { tenantrySchema })).tables;
         verification.rows = 0;
         for (const table of tables) {
           const result = await context.pool.query<{ n: number }>(
@@ -281,6 +311,10 @@ export async function eraseTenantData(
           [tenantId],
         );
         verification.events = events.rows[0]?.n ?? 0;
+        verification.schema =
+          journal.placementSchema === undefined
+            ? false
+            : await schemaExists(context.pool, journal.placementSchema);
         const admin = await context.jobAdmin();
         const jobs = admin === undefined ? undefined : await admin.countJobs(tenantId);
         verification.jobs =
@@ -293,6 +327,7 @@ export async function eraseTenantData(
           verification.rows === 0 &&
           verification.events === 0 &&
           verification.jobs === 0 &&
+          !verification.schema &&
           (verification.objects ?? 0) === 0;
         if (clean) break;
         if (round === maxVerificationRounds) {
@@ -300,9 +335,10 @@ export async function eraseTenantData(
             lifecycleErrorCodes.erasureIncomplete,
             `Erasure of tenant ${tenantId} still found data after ${round} rounds (something keeps writing for it): ` +
               `${verification.rows} rows, ${verification.events} outbox events, ${verification.jobs} jobs, ` +
-              `${verification.objects ?? 0} objects. Run it again once that has stopped.`,
+              `${verification.objects ?? 0} objects${verification.schema ? `, schema ${journal.placementSchema}` : ''}. Run it again once that has stopped.`,
             {
               details: {
+                schemaRemaining: verification.schema ? (journal.placementSchema ?? null) : null,
                 rowsRemaining: verification.rows,
                 outboxEventsRemaining: verification.events,
                 jobsRemaining: verification.jobs,
@@ -408,7 +444,8 @@ async function startErasure(
         { details: { status: current.status } },
       );
     }
-    const tables = await listTenantTables(client, { tenantrySchema });
+    const placed = await listTenantTablesOf(client, tenantId, { tenantrySchema });
+    const tables = placed.tables;
     const before: Record<string, number> = {};
     for (const table of tables) {
       const result = await client.query<{ n: string }>(
@@ -432,6 +469,7 @@ async function startErasure(
       objectsDeleted: 0,
       jobsRemoved: 0,
       eventsDeleted: 0,
+      ...(placed.schema === null ? {} : { placementSchema: placed.schema }),
     };
     // The journal row first: the lifecycle trigger sees it and leaves tenant.deleted to the end.
     await client.query(
@@ -527,6 +565,140 @@ async function deleteRows(
     });
     if (deleted === 0) return;
   }
+}
+
+async function schemaExists(pool: pg.Pool, name: string): Promise<boolean> {
+  const result = await pool.query('select 1 from pg_catalog.pg_namespace where nspname = $1', [
+    name,
+  ]);
+  return result.rowCount !== 0;
+}
+
+const schemaTablesSql = `
+  select format('%I.%I', n.nspname, c.relname) as name
+    from pg_catalog.pg_class c
+    join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+   where n.nspname = $1 and c.relkind in ('r', 'p') and not c.relispartition
+     and exists (select 1 from pg_catalog.pg_attribute a
+                  where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped)
+   order by c.relname`;
+
+// Objects outside the schema that a cascading drop would take with it: a foreign key, view rule,
+// default, trigger or policy of an outside table, or an outside table, function or type,
+// depending on something in the schema.
+const outsideDependentsSql = `
+  with ns as (select oid from pg_catalog.pg_namespace where nspname = $1),
+  inside as (
+    select 'pg_catalog.pg_class'::regclass as classid, c.oid
+      from pg_catalog.pg_class c join ns on c.relnamespace = ns.oid
+    union all
+    select 'pg_catalog.pg_proc'::regclass, p.oid
+      from pg_catalog.pg_proc p join ns on p.pronamespace = ns.oid
+    union all
+    select 'pg_catalog.pg_type'::regclass, t.oid
+      from pg_catalog.pg_type t join ns on t.typnamespace = ns.oid
+  )
+  select distinct pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) as object
+    from pg_catalog.pg_depend d
+    join inside i on i.classid = d.refclassid and i.oid = d.refobjid
+    left join pg_catalog.pg_constraint k
+      on d.classid = 'pg_catalog.pg_constraint'::regclass and k.oid = d.objid
+    left join pg_catalog.pg_rewrite r
+      on d.classid = 'pg_catalog.pg_rewrite'::regclass and r.oid = d.objid
+    left join pg_catalog.pg_attrdef ad
+      on d.classid = 'pg_catalog.pg_attrdef'::regclass and ad.oid = d.objid
+    left join pg_catalog.pg_trigger g
+      on d.classid = 'pg_catalog.pg_trigger'::regclass and g.oid = d.objid
+    left join pg_catalog.pg_policy pl
+      on d.classid = 'pg_catalog.pg_policy'::regclass and pl.oid = d.objid
+    left join pg_catalog.pg_class c
+      on d.classid = 'pg_catalog.pg_class'::regclass and c.oid = d.objid
+    left join pg_catalog.pg_proc p
+      on d.classid = 'pg_catalog.pg_proc'::regclass and p.oid = d.objid
+    left join pg_catalog.pg_type t
+      on d.classid = 'pg_catalog.pg_type'::regclass and t.oid = d.objid
+   where d.deptype = 'n'
+     and coalesce(
+           (select o.relnamespace from pg_catalog.pg_class o
+             where o.oid = coalesce(nullif(k.conrelid, 0), r.ev_class, ad.adrelid, g.tgrelid,
+                                    pl.polrelid)),
+           c.relnamespace, p.pronamespace, t.typnamespace, k.connamespace)
+         is distinct from (select oid from ns)
+   order by 1`;
+
+/**
+ * Drops a placed tenant's schema once its rows are gone, and clears its placement, in one
+ * transaction. The schema is locked against migrators; every tenant table in it must be empty
+ * of every tenant's rows (the drop must never take another tenant's rows); nothing outside it may
+ * depend on it. Whatever else the schema holds belonged to the tenant and goes with it.
+ */
+async function releasePlacement(
+  pool: pg.Pool,
+  schema: string,
+  placementTable: string,
+  tenantId: TenantId,
+  placementSchema: string,
+): Promise<number> {
+  return inTransaction(pool, async (client) => {
+    const lock = await client.query<{ locked: boolean }>(
+      'select pg_try_advisory_xact_lock(hashtextextended($1, 0)) as locked',
+      [schemaLockKey(placementSchema)],
+    );
+    if (lock.rows[0]?.locked !== true) {
+      throw new TenantryError(
+        lifecycleErrorCodes.stateConflict,
+        `Schema ${placementSchema} of tenant ${tenantId} is being migrated; run the erasure again once that has finished.`,
+      );
+    }
+    const placement = await client.query<{ schema_name: string }>(
+      `select schema_name from ${schema}.tenant_placements where tenant_id = $1 for update`,
+      [tenantId],
+    );
+    if (placement.rows[0]?.schema_name !== placementSchema) return 0;
+    const tables = await client.query<{ name: string }>(schemaTablesSql, [placementSchema]);
+    const holding: string[] = [];
+    for (const table of tables.rows) {
+      const probe = await client.query(`select 1 from ${table.name} limit 1`);
+      if (probe.rowCount !== 0) holding.push(table.name);
+    }
+    if (holding.length > 0) {
+      throw new TenantryError(
+        lifecycleErrorCodes.erasureIncomplete,
+        `Schema ${placementSchema} of tenant ${tenantId} still holds rows (${holding.join(', ')}), so it is kept. Run the erasure again once nothing writes there.`,
+        { details: { schema: placementSchema, tables: holding } },
+      );
+    }
+    const dependents = await client.query<{ object: string }>(outsideDependentsSql, [
+      placementSchema,
+    ]);
+    if (dependents.rows.length > 0) {
+      const objects = dependents.rows.map((row) => row.object);
+      throw new TenantryError(
+        lifecycleErrorCodes.stateConflict,
+        `Objects outside schema ${placementSchema} depend on it (${objects.slice(0, 5).join('; ')}); drop them, then run the erasure again.`,
+        { details: { schema: placementSchema, dependents: objects.slice(0, 50) } },
+      );
+    }
+    await client.query(`drop schema ${quoteIdentifier(placementSchema)} cascade`);
+    // The placement row and tenants.placement change together (a deferred trigger checks it).
+    const deleted = await client.query(
+      `delete from ${schema}.tenant_placements where tenant_id = $1`,
+      [tenantId],
+    );
+    await client.query(
+      `update ${schema}.tenants set placement = 'pool', updated_at = now() where id = $1`,
+      [tenantId],
+    );
+    const count = deleted.rowCount ?? 0;
+    await client.query(
+      `update ${schema}.tenant_erasures
+          set progress = jsonb_set(progress, array['deleted', $2::text],
+                to_jsonb(coalesce((progress #>> array['deleted', $2::text])::bigint, 0) + $3))
+        where tenant_id = $1`,
+      [tenantId, placementTable, count],
+    );
+    return count;
+  });
 }
 
 async function deleteOutboxEvents(
@@ -635,6 +807,9 @@ async function finishErasure(
         jobsRemaining: 0,
         outboxEventsRemaining: 0,
       },
+      ...(stored.placementSchema === undefined
+        ? {}
+        : { placement: { schema: stored.placementSchema, dropped: true as const } }),
       catalog: { kept: true, status: 'deleted', slug },
     };
     const signature = signErasureReport(report, verified.signingKey);

@@ -12,7 +12,7 @@ import { toTenantryError } from '../database-errors.ts';
 import { TenantryError } from '../errors.ts';
 import type { StorageDriver } from '../storage/storage-driver.ts';
 import { parseTenantId } from '../tenant-id.ts';
-import { lifecycleErrorCodes, listTenantTables, type TenantTable } from './tenant-tables.ts';
+import { lifecycleErrorCodes, listTenantTablesOf, type TenantTable } from './tenant-tables.ts';
 
 /** The version of Tenantry that wrote an archive (from its package.json). */
 export const tenantryVersion: string = (
@@ -76,7 +76,15 @@ export interface TenantExportManifest {
   readonly tenantId: string;
   /** The catalog row (also in `tenant.json`). */
   readonly tenant: Readonly<Record<string, unknown>>;
-  /** Every tenant table found in the catalog, with its rows (JSON per PostgreSQL's row_to_json). */
+  /**
+   * Where the tenant's tables were: absent for a pooled tenant, its schema for a tenant placed in
+   * one (whose tables are then listed as `<schema>.<table>`).
+   */
+  readonly placement?: { readonly kind: 'schema'; readonly schema: string };
+  /**
+   * Every tenant table that can hold the tenant's rows (its placement's, the pool's and
+   * Tenantry's; not other tenants' schemas), with its rows (JSON per PostgreSQL's row_to_json).
+   */
   readonly tables: readonly {
     readonly table: string;
     readonly columns: readonly string[];
@@ -127,7 +135,8 @@ interface ReadableDriver {
 const blockSize = 512;
 
 /**
- * Writes a tenant's archive: a gzip'd POSIX tar holding `tenant.json`, every tenant table as
+ * Writes a tenant's archive: a gzip'd POSIX tar holding `tenant.json`, every tenant table that
+ * can hold its rows (following its placement: a placed tenant's own schema, not other tenants') as
  * JSONL parts, the tenant's outbox events, its file objects, then `manifest.json` and
  * `SHA256SUMS`. Rows come from one REPEATABLE READ, READ ONLY snapshot through a cursor.
  * (Use {@link TenantLifecycle.exportTenant}.)
@@ -159,7 +168,8 @@ export async function exportTenantArchive(
     if (tenant === undefined) {
       throw new TenantryError('TENANTRY_ERR_TENANT_NOT_FOUND', `No tenant ${tenantId}.`);
     }
-    const tables = await listTenantTables(client, { tenantrySchema: schema });
+    const placed = await listTenantTablesOf(client, tenantId, { tenantrySchema: schema });
+    const tables = placed.tables;
     const filesTable = tables.find((table) => table.name === `${schema}.files`);
     if (includeFiles && context.storage === undefined && filesTable !== undefined) {
       const files = await client.query<{ n: number }>(
@@ -320,6 +330,9 @@ export async function exportTenantArchive(
       createdAt: new Date().toISOString(),
       tenantId,
       tenant,
+      ...(placed.schema === null
+        ? {}
+        : { placement: Object.freeze({ kind: 'schema' as const, schema: placed.schema }) }),
       tables: Object.freeze(tableEntries),
       events: Object.freeze({ rows: events.rows, parts: Object.freeze(events.parts) }),
       files: Object.freeze(files),

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { defaultTenantrySchema, quoteIdentifier } from '../config.ts';
-import type { TenantryErrorCode } from '../errors.ts';
+import { TenantryError, type TenantryErrorCode } from '../errors.ts';
+import { parseTenantId, type TenantId } from '../tenant-id.ts';
 
 /** A table holding tenants' rows, as the catalog describes it. */
 export interface TenantTable {
@@ -30,7 +31,7 @@ export type Queryable = Pick<pg.ClientBase, 'query'>;
  */
 const platformLedgers = ['outbox_events', 'tenant_erasures'];
 
-const discoverSql = `
+const discoverColumns = `
   select c.oid::bigint::text as oid, n.nspname as schema, c.relname as table,
          c.relrowsecurity and c.relforcerowsecurity as isolated,
          c.relkind = 'p' as partitioned,
@@ -51,8 +52,21 @@ const discoverSql = `
      and a.atttypid = 'uuid'::regtype
    where c.relkind in ('r', 'p') and not c.relispartition
      and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_'
-     and not (n.nspname = $1 and c.relname = any($2::text[]))
+     and not (n.nspname = $1 and c.relname = any($2::text[]))`;
+
+const discoverSql = `${discoverColumns}
    order by n.nspname, c.relname`;
+
+/** The tables a tenant's rows can be in: every schema but the schemas placed for other tenants. */
+const discoverOfTenantSql = (placements: string) => `${discoverColumns}
+     and not exists (select 1 from ${placements} p
+                      where p.schema_name = n.nspname and p.tenant_id <> $3::uuid)
+   order by n.nspname, c.relname`;
+
+const placementSql = (tenants: string) => `
+  select t.placement,
+         to_regclass(format('%I.tenant_placements', $2::text)) is not null as has_placements
+    from ${tenants} t where t.id = $1`;
 
 /**
  * Lists every table that holds tenants' rows — any ordinary or partitioned table with a
@@ -73,18 +87,27 @@ export async function listTenantTables(
   db: Queryable,
   options: { readonly tenantrySchema?: string } = {},
 ): Promise<TenantTable[]> {
-  const result = await db.query<{
-    oid: string;
-    schema: string;
-    table: string;
-    isolated: boolean;
-    partitioned: boolean;
-    primary_key: string[];
-    columns: string[];
-    references: string[];
-  }>(discoverSql, [options.tenantrySchema ?? defaultTenantrySchema, platformLedgers]);
-  const nameByOid = new Map(result.rows.map((row) => [row.oid, `${row.schema}.${row.table}`]));
-  return result.rows.map((row) =>
+  const result = await db.query<DiscoveredRow>(discoverSql, [
+    options.tenantrySchema ?? defaultTenantrySchema,
+    platformLedgers,
+  ]);
+  return toTenantTables(result.rows);
+}
+
+interface DiscoveredRow {
+  oid: string;
+  schema: string;
+  table: string;
+  isolated: boolean;
+  partitioned: boolean;
+  primary_key: string[];
+  columns: string[];
+  references: string[];
+}
+
+function toTenantTables(rows: readonly DiscoveredRow[]): TenantTable[] {
+  const nameByOid = new Map(rows.map((row) => [row.oid, `${row.schema}.${row.table}`]));
+  return rows.map((row) =>
     Object.freeze({
       name: `${row.schema}.${row.table}`,
       schema: row.schema,
@@ -102,6 +125,86 @@ export async function listTenantTables(
       ),
     }),
   );
+}
+
+/** One tenant's tenant tables, where its placement puts them. */
+export interface TenantTablesOfTenant {
+  readonly tenantId: TenantId;
+  /** `pool` (shared tables) or `schema` (a schema of its own, {@link TenantTablesOfTenant.schema}). */
+  readonly placement: 'pool' | 'schema';
+  /** The tenant's dedicated schema, or `null` for a pooled tenant. */
+  readonly schema: string | null;
+  /**
+   * Tenantry's shared tenant tables (files registry, usage, placement row…), the tables of the
+   * pool's schemas, and for a placed tenant the tables of its own schema. The pool's tables stay
+   * listed for a placed tenant: a router that had not yet seen its placement may have written
+   * rows there, and an export or an erasure must find them. Other tenants' dedicated schemas are
+   * not listed.
+   */
+  readonly tables: readonly TenantTable[];
+}
+
+/**
+ * Lists the tables that can hold one tenant's rows, following its placement: every tenant table
+ * ({@link listTenantTables}) except those in the dedicated schemas of other tenants. A tenant in
+ * a dedicated database is refused (`TENANTRY_ERR_TENANT_STATE_CONFLICT`), an unknown one is
+ * `TENANTRY_ERR_TENANT_NOT_FOUND`. Read in the caller's transaction, so a snapshot export sees
+ * the placement and the tables of the same instant.
+ *
+ * @example
+ * ```ts
+ * import { listTenantTablesOf } from 'tenantry/platform';
+ * const { placement, schema, tables } = await listTenantTablesOf(pool, tenantId);
+ * console.log(placement, schema, tables.map((table) => table.name));
+ * // 'schema' 't_8f14e45fceea' ['public.contacts', …, 't_8f14e45fceea.contacts', …, 'tenantry.usage_events']
+ * ```
+ */
+export async function listTenantTablesOf(
+  db: Queryable,
+  tenantId: string,
+  options: { readonly tenantrySchema?: string } = {},
+): Promise<TenantTablesOfTenant> {
+  const id = parseTenantId(tenantId);
+  const tenantrySchema = options.tenantrySchema ?? defaultTenantrySchema;
+  const tenantry = quoteIdentifier(tenantrySchema);
+  const found = await db.query<{ placement: string; has_placements: boolean }>(
+    placementSql(`${tenantry}.tenants`),
+    [id, tenantrySchema],
+  );
+  const row = found.rows[0];
+  if (row === undefined) {
+    throw new TenantryError('TENANTRY_ERR_TENANT_NOT_FOUND', `No tenant ${id}.`);
+  }
+  if (row.placement !== 'pool' && row.placement !== 'schema') {
+    throw new TenantryError(
+      lifecycleErrorCodes.stateConflict,
+      `Tenant ${id} is placed in a dedicated database (${row.placement}); its tables are not in this one.`,
+      { details: { placement: row.placement } },
+    );
+  }
+  if (!row.has_placements) {
+    return Object.freeze({
+      tenantId: id,
+      placement: 'pool',
+      schema: null,
+      tables: Object.freeze(await listTenantTables(db, options)),
+    });
+  }
+  const own = await db.query<{ schema_name: string }>(
+    `select schema_name from ${tenantry}.tenant_placements where tenant_id = $1`,
+    [id],
+  );
+  const schema = own.rows[0]?.schema_name ?? null;
+  const result = await db.query<DiscoveredRow>(
+    discoverOfTenantSql(`${tenantry}.tenant_placements`),
+    [tenantrySchema, platformLedgers, id],
+  );
+  return Object.freeze({
+    tenantId: id,
+    placement: schema === null ? 'pool' : 'schema',
+    schema,
+    tables: Object.freeze(toTenantTables(result.rows)),
+  });
 }
 
 /**
