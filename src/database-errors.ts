@@ -61,6 +61,15 @@ const serialization = (message: string): SqlStateRule => ({
 });
 
 const sqlStateRules: ReadonlyMap<string, SqlStateRule> = new Map([
+  // A tenant move's write fence (tenantry/placement): the tenant's writes wait out the hold.
+  [
+    'TM001',
+    {
+      code: 'TENANTRY_ERR_TENANT_MOVING',
+      message: 'This workspace is being moved; try again in a few seconds.',
+      retryable: false,
+    },
+  ],
   ['40001', serialization('The transaction conflicted with a concurrent one.')],
   ['40P01', serialization('The transaction was chosen as a deadlock victim.')],
   // Raised when DDL changed the result type of a prepared statement ("cached plan must not

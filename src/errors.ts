@@ -310,6 +310,10 @@ export const errorCodes = Object.freeze({
     status: 503,
     title: 'Storage unavailable',
   },
+  TENANTRY_ERR_TENANT_MOVE_VERIFY_FAILED: {
+    status: 500,
+    title: 'Tenant move verification failed',
+  },
   TENANTRY_ERR_PLAN_INVALID: {
     status: 400,
     title: 'Plan definition invalid',

@@ -15,6 +15,7 @@ import { loadCliConfig } from './config.ts';
 import { createConsoleLogger } from './console-logger.ts';
 import { type PreparedDatabase, prepareDatabase, requireAppUrl } from './database.ts';
 import { addJobCommands } from './job-commands.ts';
+import { addMoveCommands } from './move-commands.ts';
 import { addPartitionCommands } from './partition-commands.ts';
 import { addPlacementCommands } from './placement-commands.ts';
 import { addTenantLifecycleCommands } from './tenant-commands.ts';
@@ -158,6 +159,9 @@ addPlacementCommands(program, withDatabase, {
 const tenants = program.command('tenants').description('Tenants: list, statistics, lifecycle.');
 addAdminCommands(tenants, program, withDatabase, { adminToken: process.env.TENANTRY_ADMIN_TOKEN });
 addTenantLifecycleCommands(tenants, withDatabase, process.env);
+addMoveCommands(tenants, withDatabase, {
+  sources: [{ name: 'app', directory: config.migrationsDirectory }],
+});
 addWebhookCommands(program, withDatabase, config, logger);
 
 try {

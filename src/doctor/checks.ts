@@ -530,7 +530,10 @@ async function checkFunctions(context: DoctorContext): Promise<DoctorFinding[]> 
             p.prokind = 'f' and p.prosrc ~* $5::text as reads_context
        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
       where n.nspname = any($1::text[]) and p.prokind in ('f', 'p')
-        and (p.prosecdef or (p.prokind = 'f' and p.provolatile <> 's' and p.prosrc ~* $5::text))`,
+        -- Trigger functions never run in a policy or a WHERE clause: their volatility is moot.
+        and (p.prosecdef or (p.prokind = 'f' and p.provolatile <> 's'
+                             and p.prorettype <> 'pg_catalog.trigger'::regtype
+                             and p.prosrc ~* $5::text))`,
     [
       ownedSchemas(context),
       context.tenantrySchema,

@@ -42,9 +42,27 @@ export {
 export {
   compareWithPool,
   defaultTenantSchemaName,
+  moveFenceTriggerPrefix,
   type PlaceTenantInSchemaOptions,
   placeTenantInSchema,
+  provisionTenantSchema,
+  type ReplayedMigration,
   type SchemaDifference,
   type SchemaPlacement,
 } from './schema-targets.ts';
+export {
+  listTenantMoves,
+  type MovablePlacement,
+  type MoveTenantOptions,
+  moveErrorCodes,
+  moveTenant,
+  resumeTenantMove,
+  rollbackTenantMove,
+  type TenantMoveCommonOptions,
+  type TenantMoveProgress,
+  type TenantMoveReport,
+  type TenantMoveStep,
+  type TenantMoveTable,
+  tenantMovingSqlState,
+} from './tenant-move.ts';
 export { type MigrationStatement, splitMigrationStatements } from './tenant-statements.ts';

@@ -271,7 +271,9 @@ const structureSql = `
     from tables t join pg_catalog.pg_policy p on p.polrelid = t.oid
   union all
   select t.nspname, t.relname, 'trigger', g.tgname, g.tgtype::text || ' ' || g.tgfoid::regproc::text
-    from tables t join pg_catalog.pg_trigger g on g.tgrelid = t.oid and not g.tgisinternal`;
+    from tables t join pg_catalog.pg_trigger g on g.tgrelid = t.oid and not g.tgisinternal
+   -- A tenant move's temporary write fence is not part of the schema's shape.
+   where g.tgname not like 'tenantry\\_move\\_fence\\_%'`;
 
 /**
  * Compares the tenant tables of a dedicated schema with the pool's (`public`): the tables and
@@ -320,5 +322,106 @@ export async function compareWithPool(
   }
   return differences.sort((a, b) =>
     `${a.table}.${a.kind}.${a.name}`.localeCompare(`${b.table}.${b.kind}.${b.name}`),
+  );
+}
+
+/** A migration file replayed in a schema by {@link provisionTenantSchema}. */
+export interface ReplayedMigration {
+  readonly source: string;
+  readonly version: number;
+  readonly name: string;
+  readonly checksum: string;
+}
+
+/** Triggers a tenant move puts on the tables it moves a tenant out of, for the time it lasts. */
+export const moveFenceTriggerPrefix = 'tenantry_move_fence_';
+
+/**
+ * Creates an empty dedicated schema holding the tenant tables, in the caller's open transaction
+ * (connected as, or `SET LOCAL ROLE` to, the owner): creates the schema, grants the app and
+ * analytics roles `USAGE`, replays the tenant statements of every file the pool has applied, and
+ * compares the result with the pool (a tenant move's write fences excepted). Unlike
+ * {@link placeTenantInSchema} it neither records a placement nor looks at the tenant's rows: the
+ * caller records the placement, with the files returned, when it routes a tenant there.
+ *
+ * @example
+ * ```ts
+ * await client.query('begin');
+ * const files = await provisionTenantSchema(client, { schema: 't_8f14e45fceea', sources });
+ * await client.query('commit');
+ * ```
+ */
+export async function provisionTenantSchema(
+  client: pg.Client,
+  options: {
+    readonly schema: string;
+    readonly sources: readonly MigrationSource[];
+    /** Schema of Tenantry's own objects. @defaultValue 'tenantry' */
+    readonly tenantrySchema?: string;
+    readonly roles?: Partial<RoleNames>;
+  },
+): Promise<ReplayedMigration[]> {
+  const schemaName = parseIdentifier(options.schema, 'schema');
+  if (schemaName === 'public' || schemaName.startsWith('pg_')) {
+    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', `Schema ${schemaName} is reserved.`);
+  }
+  const settings = resolvePlacementSettings(options);
+  const files = await readTenantMigrations(options.sources, settings.variables);
+  const { ready, waiting } = await poolAppliedFiles(client, settings, files);
+  if (waiting.length > 0) {
+    const first = waiting[0] as (typeof waiting)[number];
+    throw new TenantryError(
+      'TENANTRY_ERR_MIGRATION_FAILED',
+      `Migration ${first.source}/${first.version}-${first.name} is not applied to the pool yet: run "tenantry migrate" first.`,
+      { details: { source: first.source, version: first.version } },
+    );
+  }
+  const exists = await client.query('select 1 from pg_catalog.pg_namespace where nspname = $1', [
+    schemaName,
+  ]);
+  if (exists.rowCount !== 0) {
+    throw new TenantryError(
+      'TENANTRY_ERR_TENANT_STATE_CONFLICT',
+      `Schema ${schemaName} already exists; choose another name.`,
+    );
+  }
+  const schema = quoteIdentifier(schemaName);
+  await client.query(`create schema ${schema}`);
+  await client.query(
+    `grant usage on schema ${schema} to ${quoteIdentifier(settings.roles.app)}, ${quoteIdentifier(settings.roles.analytics)}`,
+  );
+  await client.query(`set local search_path = ${schema}, public`);
+  for (const file of ready) {
+    try {
+      if (file.tenantSql !== '') await client.query(file.tenantSql);
+    } catch (error) {
+      throw new TenantryError(
+        'TENANTRY_ERR_MIGRATION_FAILED',
+        `Migration ${file.source}/${file.version}-${file.name} failed in ${schemaName}: ${
+          error instanceof Error ? error.message : String(error)
+        }`,
+        { cause: error, details: { source: file.source, version: file.version } },
+      );
+    }
+  }
+  await client.query('reset search_path');
+  const differences = (await compareWithPool(client, schemaName)).filter(
+    (difference) =>
+      !(difference.kind === 'trigger' && difference.name.startsWith(moveFenceTriggerPrefix)),
+  );
+  if (differences.length > 0) {
+    throw new TenantryError(
+      'TENANTRY_ERR_MIGRATION_FAILED',
+      `The tenant tables of ${schemaName} differ from the pool's (${differences.length} differences, first: ${describe(differences[0] as SchemaDifference)}); are all tenant sources listed?`,
+      { details: { differences: differences.slice(0, 50) } },
+    );
+  }
+  return ready.map((file) =>
+    Object.freeze({
+      source: file.source,
+      version: file.version,
+      name: file.name,
+      checksum: file.checksum,
+    }),
   );
 }
