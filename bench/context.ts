@@ -7,6 +7,7 @@ import os from 'node:os';
 import pg from 'pg';
 import { bootstrapDatabase, createTenantry, migrate, startEmbeddedPostgres } from 'tenantry';
 import { ContextStatement } from '../src/context-statement.ts';
+import { referenceAppSources } from './sources.ts';
 
 interface Contacts {
   contacts: { tenant_id: string; id: string; name: string };
@@ -34,7 +35,7 @@ export async function run(): Promise<void> {
   });
   await migrate({
     connectionString: admin,
-    sources: [{ name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname }],
+    sources: referenceAppSources(),
   });
   const keys = await loadData(admin);
   const appUrl = server.connectionString(

@@ -21,6 +21,7 @@ import {
 } from 'tenantry';
 import { buildApp } from '../app/app.ts';
 import type { AppDatabase } from '../app/database.ts';
+import { referenceAppSources } from './sources.ts';
 
 const tenantCount = Number(process.env.BENCH_TENANTS ?? 200);
 const contactsPerTenant = Number(process.env.BENCH_CONTACTS_PER_TENANT ?? 50);
@@ -122,9 +123,7 @@ export async function run(): Promise<void> {
     'tenantry_app',
     server.secrets.appPassword,
   );
-  const sources = [
-    { name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname },
-  ];
+  const sources = referenceAppSources();
   await bootstrapDatabase({
     adminConnectionString: server.connectionString('postgres'),
     database: 'tenantry_bench',

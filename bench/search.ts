@@ -31,6 +31,7 @@ import {
 } from 'tenantry';
 import type { AppDatabase } from '../app/database.ts';
 import { searchContacts, searchConversations } from '../app/search/search.repository.ts';
+import { referenceAppSources } from './sources.ts';
 
 const bigContacts = Number(process.env.BENCH_SEARCH_BIG_CONTACTS ?? 200_000);
 const smallTenants = Number(process.env.BENCH_SEARCH_SMALL_TENANTS ?? 199);
@@ -180,9 +181,7 @@ async function prepareDatabase(server: EmbeddedPostgresServer): Promise<void> {
   try {
     await migrate({
       connectionString: server.connectionString(database),
-      sources: [
-        { name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname },
-      ],
+      sources: referenceAppSources(),
     });
   } catch (error) {
     if (!isTenantryError(error) || error.code !== 'TENANTRY_ERR_MIGRATION_CHANGED') throw error;
