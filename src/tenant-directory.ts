@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { defaultTenantrySchema, parseIdentifier, quoteIdentifier } from './config.ts';
+import { createNotificationListener } from './database/notification-listener.ts';
 import { toTenantryError } from './database-errors.ts';
 import { TenantryError } from './errors.ts';
 import { type Logger, silentLogger, summarizeError } from './logger.ts';
@@ -103,10 +104,6 @@ export async function createTenantDirectory(
 
   const cache = new Map<string, Entry>();
   const inFlight = new Map<string, Promise<TenantRecord | undefined>>();
-  let listener: pg.Client | undefined;
-  let listening = false;
-  let closed = false;
-  let retryTimer: NodeJS.Timeout | undefined;
   // Bumped on every invalidation, so a lookup that started before a change never caches the
   // row it read before that change.
   let generation = 0;
@@ -141,53 +138,19 @@ export async function createTenantDirectory(
     }
   };
 
-  const listen = async (): Promise<void> => {
-    const client = new pg.Client({ connectionString: settings.connectionString });
-    client.on('notification', onNotification);
-    client.on('error', (error) => {
-      logger.warn({ err: summarizeError(error) }, 'tenant directory listener failed; reconnecting');
-      disconnected(client);
-    });
-    client.on('end', () => disconnected(client));
-    try {
-      await client.connect();
-      await client.query('listen tenantry_tenants');
-    } catch (error) {
-      await client.end().catch(() => undefined);
-      throw error;
-    }
-    if (closed) {
-      await client.end();
-      return;
-    }
-    listener = client;
+  const listener = createNotificationListener({
+    connectionString: settings.connectionString,
+    channel: 'tenantry_tenants',
+    name: 'tenant directory',
+    logger,
+    onNotification,
     // Changes made while no one listened are unknown: start from an empty cache.
-    invalidate();
-    listening = true;
-  };
-
-  const disconnected = (client: pg.Client) => {
-    if (listener !== client) return;
-    listener = undefined;
-    listening = false;
-    invalidate();
-    scheduleListen(250);
-  };
-
-  const scheduleListen = (delayMs: number) => {
-    if (closed || retryTimer !== undefined) return;
-    retryTimer = setTimeout(() => {
-      retryTimer = undefined;
-      listen().catch((error: unknown) => {
-        logger.warn({ err: summarizeError(error) }, 'tenant directory could not listen; retrying');
-        scheduleListen(Math.min(delayMs * 2, 5_000));
-      });
-    }, delayMs);
-    retryTimer.unref();
-  };
+    onConnected: () => invalidate(),
+    onDisconnected: () => invalidate(),
+  });
 
   const remember = (key: string, record: TenantRecord | undefined) => {
-    if (!listening) return;
+    if (!listener.isListening) return;
     const ttl = record === undefined ? settings.notFoundTtlMs : settings.ttlMs;
     if (ttl === 0 || settings.maxEntries === 0) return;
     cache.set(key, { record, expiresAt: Date.now() + ttl });
@@ -238,7 +201,7 @@ export async function createTenantDirectory(
 
   if (options.listen !== false) {
     try {
-      await listen();
+      await listener.start();
     } catch (error) {
       await pool.end().catch(() => undefined);
       throw toTenantryError(error);
@@ -257,16 +220,11 @@ export async function createTenantDirectory(
     },
     invalidate,
     get isListening() {
-      return listening;
+      return listener.isListening;
     },
     async close() {
-      closed = true;
-      listening = false;
+      await listener.close();
       invalidate();
-      if (retryTimer !== undefined) clearTimeout(retryTimer);
-      const client = listener;
-      listener = undefined;
-      await client?.end().catch(() => undefined);
       if (!pool.ended) await pool.end();
     },
   });

@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { defaultTenantrySchema, parseIdentifier, quoteIdentifier } from '../config.ts';
+import { createNotificationListener } from '../database/notification-listener.ts';
 import { toTenantryError } from '../database-errors.ts';
 import { TenantryError } from '../errors.ts';
 import { type Logger, silentLogger, summarizeError } from '../logger.ts';
@@ -121,10 +122,7 @@ export async function createPlanLimitCache(
 
   const cache = new Map<string, Entry>();
   const inFlight = new Map<string, Promise<number | null>>();
-  let listener: pg.Client | undefined;
-  let listening = false;
   let closed = false;
-  let retryTimer: NodeJS.Timeout | undefined;
   // Bumped on every invalidation, so a lookup that started before a change never caches what
   // it read before that change.
   let generation = 0;
@@ -147,49 +145,17 @@ export async function createPlanLimitCache(
     else invalidate();
   };
 
-  const listen = async (): Promise<void> => {
-    const client = new pg.Client({ connectionString: options.connectionString });
-    client.on('notification', onNotification);
-    client.on('error', (error) => {
-      logger.warn({ err: summarizeError(error) }, 'plan limit listener failed; reconnecting');
-      disconnected(client);
-    });
-    client.on('end', () => disconnected(client));
-    try {
-      await client.connect();
-      await client.query(`listen ${planChannel}`);
-    } catch (error) {
-      await client.end().catch(() => undefined);
-      throw error;
-    }
-    if (closed) {
-      await client.end();
-      return;
-    }
-    listener = client;
-    // Changes made while no one listened are unknown: start again from the database.
-    invalidate();
-    listening = true;
-  };
-
-  const disconnected = (client: pg.Client) => {
-    if (listener !== client) return;
-    listener = undefined;
-    listening = false;
-    scheduleListen(250);
-  };
-
-  const scheduleListen = (delayMs: number) => {
-    if (closed || retryTimer !== undefined) return;
-    retryTimer = setTimeout(() => {
-      retryTimer = undefined;
-      listen().catch((error: unknown) => {
-        logger.warn({ err: summarizeError(error) }, 'plan limit cache could not listen; retrying');
-        scheduleListen(Math.min(delayMs * 2, maxReconnectDelayMs));
-      });
-    }, delayMs);
-    retryTimer.unref();
-  };
+  const listener = createNotificationListener({
+    connectionString: options.connectionString,
+    channel: planChannel,
+    name: 'plan limit',
+    logger,
+    onNotification,
+    // Changes made while no one listened are unknown: start again from the database. While
+    // disconnected, entries live out their TTL.
+    onConnected: () => invalidate(),
+    maxReconnectDelayMs,
+  });
 
   const remember = (key: string, value: number | null) => {
     if (ttlMs === 0 || maxEntries === 0) return;
@@ -241,7 +207,7 @@ export async function createPlanLimitCache(
 
   if (options.listen !== false) {
     try {
-      await listen();
+      await listener.start();
     } catch (error) {
       await pool.end().catch(() => undefined);
       throw toTenantryError(error);
@@ -271,17 +237,13 @@ export async function createPlanLimitCache(
     },
     invalidate,
     get isListening() {
-      return listening;
+      return listener.isListening;
     },
     async close() {
       if (closed) return;
       closed = true;
-      listening = false;
+      await listener.close();
       invalidate();
-      if (retryTimer !== undefined) clearTimeout(retryTimer);
-      const client = listener;
-      listener = undefined;
-      await client?.end().catch(() => undefined);
       if (!pool.ended) await pool.end();
     },
   });
