@@ -1,4 +1,4 @@
-import { createTenantry, type Logger, type Tenantry } from 'tenantry';
+import { createTenantry, type Logger, type Tenantry, type TenantryOptions } from 'tenantry';
 import type { JobDefinition, JobSchedule, JobsModuleContext, JobsModuleSetup } from 'tenantry/jobs';
 import { closeBillingPeriodJob, closeBillingPeriodSchedule } from './billing/billing.jobs.ts';
 import { type BroadcastJobs, createBroadcastJobs } from './broadcasts/broadcast.jobs.ts';
@@ -33,6 +33,12 @@ export interface AppJobsContext {
   readonly tenantry: Tenantry<AppDatabase>;
   /** The app role's connection string; the default channel provider opens its own pool on it. */
   readonly appConnectionString: string;
+  /**
+   * Where each tenant's tables live (the `tenantSchema` the app's Tenantry was built with, e.g. a
+   * placement router's `schemaFor`): the default channel provider's own Tenantry routes with it,
+   * so a placed tenant's deliveries land in its schema. @defaultValue every tenant pooled
+   */
+  readonly tenantSchema?: TenantryOptions['tenantSchema'];
   readonly logger: Logger;
   readonly config?: AppJobsConfig;
   /**
@@ -86,6 +92,7 @@ export async function setupJobs(context: AppJobsContext): Promise<AppJobs> {
         maxConnections: 4,
         tenantTables: ['channel_deliveries'],
         logger: context.logger,
+        ...(context.tenantSchema === undefined ? {} : { tenantSchema: context.tenantSchema }),
       });
       provider = createDatabaseChannelProvider({
         tenantry: deliveries,

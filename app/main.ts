@@ -19,6 +19,7 @@ import {
   type WebhookDispatcher,
 } from 'tenantry/billing';
 import { createJobWorker, type JobWorker, jobsMigrationSource } from 'tenantry/jobs';
+import { createSchemaPlacementRouter, type SchemaPlacementRouter } from 'tenantry/placement';
 import {
   createRequestMetrics,
   createTenantLifecycle,
@@ -54,6 +55,7 @@ async function main(): Promise<void> {
   let webhooks: WebhookDispatcher | undefined;
   let lifecycle: TenantLifecycle | undefined;
   let admin: AdminListener | undefined;
+  let placements: SchemaPlacementRouter | undefined;
   let rateLimitStore: RateLimitStore | undefined;
   try {
     const sources = [
@@ -69,10 +71,13 @@ async function main(): Promise<void> {
       'database migrated',
     );
     const appUrl = requireAppUrl(database);
+    // Workspaces placed in a dedicated schema (`tenantry placement set`) are served from it.
+    placements = await createSchemaPlacementRouter({ connectionString: appUrl, logger });
     const tenantry = await createTenantry<AppDatabase>({
       connectionString: appUrl,
       maxConnections: config.maxConnections,
       logger,
+      tenantSchema: placements.schemaFor,
     });
     const directory = await createTenantDirectory({ connectionString: appUrl, logger });
     files = createAppStorage(config.storage);
@@ -93,6 +98,7 @@ async function main(): Promise<void> {
       logger,
       config: { channelFailureRate: config.channelFailureRate },
       files,
+      tenantSchema: placements.schemaFor,
     });
     const app = await buildApp({
       tenantry,
@@ -163,6 +169,7 @@ async function main(): Promise<void> {
         await files?.close();
         await rateLimitStore?.close();
         await planLimits?.close();
+        await placements?.close();
       } finally {
         await database.stop();
       }
@@ -205,6 +212,7 @@ async function main(): Promise<void> {
     await admin?.close();
     await lifecycle?.close();
     await files?.close();
+    await placements?.close();
     await database.stop();
     throw error;
   }

@@ -33,6 +33,7 @@ export async function setupJobs(context: JobsModuleContext): Promise<JobsModuleS
       tenantry: context.tenantry,
       appConnectionString: context.appConnectionString,
       logger: context.logger,
+      ...(context.tenantSchema === undefined ? {} : { tenantSchema: context.tenantSchema }),
       config: { channelFailureRate: config.channelFailureRate },
       files,
     });

@@ -73,6 +73,7 @@ export { isUuid, parseTenantId, parseUserId, type TenantId, type UserId } from '
 export {
   createTenantry,
   type OpenUnitOfWork,
+  type TenantConnectionSource,
   type TenantContext,
   type Tenantry,
   type TenantryOptions,

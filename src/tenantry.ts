@@ -106,7 +106,22 @@ export interface TenantryOptions {
   readonly tenantSchema?: (
     tenantId: TenantId,
   ) => string | undefined | PromiseLike<string | undefined>;
+  /**
+   * Where a tenant's units of work take their connection when its tables are in a dedicated
+   * database, or `undefined` for the app role's pool; asked once per unit of work, before its
+   * first statement (`createPlacementRouter` from `tenantry/placement` answers from a cache).
+   * A rejection fails the unit; nothing falls back to the pool.
+   * @defaultValue every tenant on the app role's pool
+   */
+  readonly tenantPool?: (
+    tenantId: TenantId,
+  ) => TenantConnectionSource | undefined | PromiseLike<TenantConnectionSource | undefined>;
   readonly logger?: Logger;
+}
+
+/** A source of connections for {@link TenantryOptions.tenantPool}: a `pg.Pool` is one. */
+export interface TenantConnectionSource {
+  connect(): Promise<pg.PoolClient>;
 }
 
 /** Options for one {@link Tenantry.withTenant} call. */
@@ -338,6 +353,7 @@ class UnitOfWork implements DatabaseConnection {
 
   readonly #statements: StatementCache | undefined;
   readonly #tenantSchema: TenantryOptions['tenantSchema'];
+  readonly #tenantPool: TenantryOptions['tenantPool'];
   /** `SET LOCAL search_path` for a tenant placed in its own schema, known once connected. */
   #searchPath: string | undefined;
 
@@ -349,8 +365,10 @@ class UnitOfWork implements DatabaseConnection {
     statements: StatementCache | undefined,
     readPrefix: readonly string[] | undefined = undefined,
     tenantSchema: TenantryOptions['tenantSchema'] = undefined,
+    tenantPool: TenantryOptions['tenantPool'] = undefined,
   ) {
     this.#tenantSchema = tenantSchema;
+    this.#tenantPool = tenantPool;
     this.#acquire = acquire;
     this.#readPrefix = readPrefix;
     this.context = context;
@@ -389,7 +407,10 @@ class UnitOfWork implements DatabaseConnection {
    * never queries never takes one.
    */
   #connect(): Promise<pg.PoolClient> {
-    this.#connecting ??= this.#tenantSchema === undefined ? this.#acquire() : this.#route();
+    this.#connecting ??=
+      this.#tenantSchema === undefined && this.#tenantPool === undefined
+        ? this.#acquire()
+        : this.#route();
     return this.#connecting;
   }
 
@@ -399,7 +420,9 @@ class UnitOfWork implements DatabaseConnection {
     if (schema !== undefined) {
       this.#searchPath = `set local search_path = ${quoteIdentifier(parseIdentifier(schema, 'tenantSchema'))}, public`;
     }
-    return this.#acquire();
+    if (this.#tenantPool === undefined) return this.#acquire();
+    const source = await this.#tenantPool(this.context.tenantId);
+    return source === undefined ? this.#acquire() : connectClient(source);
   }
 
   /** The statements that open a transaction, with the tenant's search path when it has one. */
@@ -832,7 +855,7 @@ class TenantryDriver implements Driver {
  */
 function ignoreClientError(): void {}
 
-async function connectClient(pool: pg.Pool): Promise<pg.PoolClient> {
+async function connectClient(pool: TenantConnectionSource): Promise<pg.PoolClient> {
   try {
     const client = await pool.connect();
     if (!client.listeners('error').includes(ignoreClientError))
@@ -904,6 +927,9 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
   }
   if (options.tenantSchema !== undefined && typeof options.tenantSchema !== 'function') {
     throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'tenantSchema must be a function.');
+  }
+  if (options.tenantPool !== undefined && typeof options.tenantPool !== 'function') {
+    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'tenantPool must be a function.');
   }
   const logger = options.logger ?? silentLogger;
   const pool = new pg.Pool({
@@ -981,6 +1007,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
       statements,
       oneShot ? undefined : readStatements(context, unitOptions, autocommitReads),
       options.tenantSchema,
+      options.tenantPool,
     );
     let result: T;
     try {
@@ -1040,6 +1067,7 @@ export async function createTenantry<DB>(options: TenantryOptions): Promise<Tena
         statements,
         readStatements(context, unitOptions, autocommitReads),
         options.tenantSchema,
+        options.tenantPool,
       );
       const unitDb = createDatabase(
         new TenantryDriver(pool, () => unit, false),

@@ -206,6 +206,7 @@ async function countingProvider(): Promise<{
     connectionString: testApp.database.appUrl,
     maxConnections: 4,
     tenantTables: ['channel_deliveries'],
+    ...(testApp.tenantSchema === undefined ? {} : { tenantSchema: testApp.tenantSchema }),
   });
   let draws = 0;
   const inner = createDatabaseChannelProvider({

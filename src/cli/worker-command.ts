@@ -7,6 +7,7 @@ import { type Command, Option } from 'commander';
 import { createJobWorker, type JobWorker } from '../jobs/index.ts';
 import type { JobsModuleContext, JobsModuleSetup } from '../jobs/jobs-module.ts';
 import { type Logger, summarizeError } from '../logger.ts';
+import { createSchemaPlacementRouter } from '../placement/index.ts';
 import { createTenantry, type Tenantry } from '../tenantry.ts';
 import type { CliConfig } from './config.ts';
 import { type PreparedDatabase, prepareDatabase, requireAppUrl } from './database.ts';
@@ -87,14 +88,26 @@ async function runWorker(
     const prepared = database;
     closers.push({ name: 'database', close: () => prepared.stop() });
     const appConnectionString = requireAppUrl(prepared);
+    // Jobs of tenants placed in a dedicated schema run there, as their requests do.
+    const placements = await createSchemaPlacementRouter({
+      connectionString: appConnectionString,
+      logger,
+    });
+    closers.push({ name: 'placements', close: () => placements.close() });
     // biome-ignore lint/suspicious/noExplicitAny: the module's database type is its own
     const tenantry = await createTenantry<any>({
       connectionString: appConnectionString,
       maxConnections: options.concurrency,
       logger,
+      tenantSchema: placements.schemaFor,
     });
     closers.push({ name: 'tenantry', close: () => tenantry.close() });
-    const setup = await setupJobs({ tenantry, appConnectionString, logger });
+    const setup = await setupJobs({
+      tenantry,
+      appConnectionString,
+      logger,
+      tenantSchema: placements.schemaFor,
+    });
     if (typeof setup?.close === 'function') {
       closers.push({ name: 'jobs module', close: () => setup.close?.() });
     }

@@ -1,5 +1,5 @@
 import type { Logger } from '../logger.ts';
-import type { Tenantry } from '../tenantry.ts';
+import type { Tenantry, TenantryOptions } from '../tenantry.ts';
 import type { JobDefinition } from './define-job.ts';
 import type { JobSchedule, TenantJobLimits } from './worker.ts';
 
@@ -21,6 +21,11 @@ export interface JobsModuleContext {
   /** The app role's connection string, for resources of the module's own (never the owner's). */
   readonly appConnectionString: string;
   readonly logger: Logger;
+  /**
+   * The placement routing the worker's Tenantry uses (`createTenantry({ tenantSchema })`): pass
+   * it to any Tenantry the module opens, so a schema-placed tenant's rows land in its schema.
+   */
+  readonly tenantSchema?: TenantryOptions['tenantSchema'];
 }
 
 /** What a jobs module's `setupJobs()` resolves to. */

@@ -26,6 +26,15 @@ export {
   requireCitus,
 } from './citus.ts';
 export {
+  createPlacementRouter,
+  type DatabasePlacement,
+  type PlacementRouter,
+  type PlacementRouterOptions,
+  type PlaceTenantInDatabaseOptions,
+  placeTenantInDatabase,
+  type TenantPlacement,
+} from './database-targets.ts';
+export {
   type MigrateTargetsOptions,
   type MigrateTargetsProgress,
   type MigrateTargetsSummary,
@@ -39,6 +48,14 @@ export {
   type SchemaPlacementRouter,
   type SchemaPlacementRouterOptions,
 } from './placement-catalog.ts';
+export {
+  type ConnectionSource,
+  createPoolRegistry,
+  type PoolRegistry,
+  type PoolRegistryOptions,
+  type PoolRegistryStats,
+  type PoolStats,
+} from './pool-registry.ts';
 export {
   compareWithPool,
   defaultTenantSchemaName,

@@ -298,7 +298,8 @@ export async function migrateTargets(
   try {
     ({ ready, waiting } = await poolAppliedFiles(main, settings, files));
     const listed = await main.query<{ tenant_id: string; schema_name: string }>(
-      `select tenant_id, schema_name from ${tenantry}.tenant_placements order by schema_name`,
+      `select tenant_id, schema_name from ${tenantry}.tenant_placements
+        where schema_name is not null order by schema_name`,
     );
     targets = listed.rows.map((row) => ({ tenantId: row.tenant_id, schema: row.schema_name }));
   } finally {

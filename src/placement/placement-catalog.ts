@@ -89,7 +89,7 @@ export async function createSchemaPlacementRouter(
   const schema = quoteIdentifier(
     parseIdentifier(options.schema ?? defaultTenantrySchema, 'schema'),
   );
-  const selectSql = `select schema_name from ${schema}.tenant_placements where tenant_id = $1`;
+  const selectSql = `select schema_name, connection_name from ${schema}.tenant_placements where tenant_id = $1`;
   const pool = new pg.Pool({ connectionString: options.connectionString, max: 2 });
   pool.on('error', (error) =>
     logger.warn({ err: summarizeError(error) }, 'placement router connection failed'),
@@ -163,8 +163,19 @@ export async function createSchemaPlacementRouter(
     const started = generation;
     const query = (async () => {
       try {
-        const result = await pool.query<{ schema_name: string }>(selectSql, [tenantId]);
-        const found = result.rows[0]?.schema_name;
+        const result = await pool.query<{
+          schema_name: string | null;
+          connection_name: string | null;
+        }>(selectSql, [tenantId]);
+        const row = result.rows[0];
+        if (row?.connection_name != null) {
+          // Never serve a tenant of a dedicated database from the pool's tables.
+          throw new TenantryError(
+            'TENANTRY_ERR_CONFIG_INVALID',
+            `Tenant ${tenantId} is placed in a dedicated database (connection "${row.connection_name}"); route with createPlacementRouter().`,
+          );
+        }
+        const found = row?.schema_name ?? undefined;
         if (listening && generation === started && ttlMs > 0 && maxEntries > 0) {
           cache.set(tenantId, { schema: found, expiresAt: Date.now() + ttlMs });
           while (cache.size > maxEntries) {
@@ -175,6 +186,7 @@ export async function createSchemaPlacementRouter(
         }
         return found;
       } catch (error) {
+        if (error instanceof TenantryError) throw error;
         throw new TenantryError(
           'TENANTRY_ERR_DB_UNAVAILABLE',
           "The tenant's placement cannot be read right now; retry shortly.",
@@ -279,7 +291,7 @@ export async function listPlacements(options: {
                 where m.schema_name = p.schema_name order by m.applied_at desc, m.version desc limit 1) as latest
          from ${schema}.tenant_placements p
          join ${schema}.tenants t on t.id = p.tenant_id
-        where $1::uuid is null or p.tenant_id = $1::uuid
+        where p.schema_name is not null and ($1::uuid is null or p.tenant_id = $1::uuid)
         order by t.slug`,
       [tenantId],
     );
