@@ -323,6 +323,21 @@ describe('no public route reaches the analytics pool', () => {
   });
 });
 
+test('the analytics role reads API keys but never their secret hashes', async () => {
+  await withClient(testApp.database.analyticsUrl, async (client) => {
+    await assert.rejects(
+      client.query('select secret_hash from tenantry.api_keys'),
+      /permission denied/,
+    );
+    await assert.rejects(client.query('select * from tenantry.api_keys'), /permission denied/);
+    const counted = await client.query<{ n: number }>(
+      'select count(*)::int as n from tenantry.api_keys',
+    );
+    assert.equal(typeof counted.rows[0]?.n, 'number');
+    await client.query('select tenant_id, prefix, name, revoked_at from tenantry.api_keys limit 1');
+  });
+});
+
 test('the doctor has nothing to say about the analytics job view', async () => {
   const report = await runDoctor({
     connectionString: testApp.database.adminUrl,

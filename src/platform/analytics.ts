@@ -286,7 +286,7 @@ export async function createAnalytics(options: AnalyticsOptions): Promise<Analyt
         : (await listTenantTablesOf(queryable, tenantId, { tenantrySchema: schema })).tables;
     const unreadable = await sql<{ name: string }>`
       select name from unnest(${tables.map((table) => table.sql)}::text[]) as name
-       where not has_table_privilege(name, 'select')`.execute(executor);
+       where not has_any_column_privilege(name, 'select')`.execute(executor);
     const refused = new Set(unreadable.rows.map((row) => row.name));
     return tables.map((table) => ({ table, readable: !refused.has(table.sql) }));
   };
