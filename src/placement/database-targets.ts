@@ -7,6 +7,7 @@ import {
 } from '../config.ts';
 import { type BootstrapOptions, bootstrapDatabase } from '../database/bootstrap.ts';
 import { connectClient } from '../database/client.ts';
+import { createNotificationListener } from '../database/notification-listener.ts';
 import { toTenantryError } from '../database-errors.ts';
 import { isTenantryError, TenantryError } from '../errors.ts';
 import { type Logger, silentLogger, summarizeError } from '../logger.ts';
@@ -128,10 +129,7 @@ export async function createPlacementRouter(
 
   const cache = new Map<string, Entry>();
   const inFlight = new Map<string, Promise<TenantPlacement>>();
-  let listener: pg.Client | undefined;
-  let listening = false;
   let closed = false;
-  let retryTimer: NodeJS.Timeout | undefined;
   // Bumped on every invalidation: a read that started before a change never caches its answer.
   let generation = 0;
 
@@ -141,52 +139,18 @@ export async function createPlacementRouter(
     else cache.delete(tenantId.toLowerCase());
   };
 
-  const disconnected = (client: pg.Client) => {
-    if (listener !== client) return;
-    listener = undefined;
-    listening = false;
-    invalidate();
-    scheduleListen(250);
-  };
-
-  const listen = async (): Promise<void> => {
-    const client = new pg.Client({ connectionString: options.connectionString });
-    client.on('notification', (message) => {
+  const listener = createNotificationListener({
+    connectionString: options.connectionString,
+    channel: 'tenantry_placements',
+    name: 'placement router',
+    logger,
+    onNotification: (message) => {
       const payload = message.payload ?? '';
       invalidate(isUuid(payload) ? payload : undefined);
-    });
-    client.on('error', (error) => {
-      logger.warn({ err: summarizeError(error) }, 'placement listener failed; reconnecting');
-      disconnected(client);
-    });
-    client.on('end', () => disconnected(client));
-    try {
-      await client.connect();
-      await client.query('listen tenantry_placements');
-    } catch (error) {
-      await client.end().catch(() => undefined);
-      throw error;
-    }
-    if (closed) {
-      await client.end();
-      return;
-    }
-    listener = client;
-    invalidate();
-    listening = true;
-  };
-
-  const scheduleListen = (delayMs: number) => {
-    if (closed || retryTimer !== undefined) return;
-    retryTimer = setTimeout(() => {
-      retryTimer = undefined;
-      listen().catch((error: unknown) => {
-        logger.warn({ err: summarizeError(error) }, 'placement router could not listen; retrying');
-        scheduleListen(Math.min(delayMs * 2, 5_000));
-      });
-    }, delayMs);
-    retryTimer.unref();
-  };
+    },
+    onConnected: () => invalidate(),
+    onDisconnected: () => invalidate(),
+  });
 
   const read = (tenantId: string): Promise<TenantPlacement> => {
     const pending = inFlight.get(tenantId);
@@ -205,7 +169,7 @@ export async function createPlacementRouter(
             : row?.connection_name != null
               ? Object.freeze({ kind: 'database', connection: row.connection_name })
               : pooled;
-        if (listening && generation === started && ttlMs > 0 && maxEntries > 0) {
+        if (listener.isListening && generation === started && ttlMs > 0 && maxEntries > 0) {
           cache.set(tenantId, { placement, expiresAt: Date.now() + ttlMs });
           while (cache.size > maxEntries) {
             const oldest = cache.keys().next().value;
@@ -229,7 +193,7 @@ export async function createPlacementRouter(
   };
 
   try {
-    await listen();
+    await listener.start();
   } catch (error) {
     await pool.end().catch(() => undefined);
     throw toTenantryError(error);
@@ -272,17 +236,13 @@ export async function createPlacementRouter(
     },
     invalidate,
     get isListening() {
-      return listening;
+      return listener.isListening;
     },
     async close() {
       if (closed) return;
       closed = true;
-      listening = false;
+      await listener.close();
       invalidate();
-      if (retryTimer !== undefined) clearTimeout(retryTimer);
-      const client = listener;
-      listener = undefined;
-      await client?.end().catch(() => undefined);
       if (!pool.ended) await pool.end();
     },
   });

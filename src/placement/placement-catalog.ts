@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { defaultTenantrySchema, parseIdentifier, quoteIdentifier } from '../config.ts';
 import { withClient } from '../database/client.ts';
+import { createNotificationListener } from '../database/notification-listener.ts';
 import { toTenantryError } from '../database-errors.ts';
 import { TenantryError } from '../errors.ts';
 import { type Logger, silentLogger, summarizeError } from '../logger.ts';
@@ -97,10 +98,7 @@ export async function createSchemaPlacementRouter(
 
   const cache = new Map<string, Entry>();
   const inFlight = new Map<string, Promise<string | undefined>>();
-  let listener: pg.Client | undefined;
-  let listening = false;
   let closed = false;
-  let retryTimer: NodeJS.Timeout | undefined;
   // Bumped on every invalidation: a read that started before a change never caches its answer.
   let generation = 0;
 
@@ -110,52 +108,18 @@ export async function createSchemaPlacementRouter(
     else cache.delete(tenantId.toLowerCase());
   };
 
-  const listen = async (): Promise<void> => {
-    const client = new pg.Client({ connectionString: options.connectionString });
-    client.on('notification', (message) => {
+  const listener = createNotificationListener({
+    connectionString: options.connectionString,
+    channel: 'tenantry_placements',
+    name: 'placement router',
+    logger,
+    onNotification: (message) => {
       const payload = message.payload ?? '';
       invalidate(isUuid(payload) ? payload : undefined);
-    });
-    client.on('error', (error) => {
-      logger.warn({ err: summarizeError(error) }, 'placement listener failed; reconnecting');
-      disconnected(client);
-    });
-    client.on('end', () => disconnected(client));
-    try {
-      await client.connect();
-      await client.query('listen tenantry_placements');
-    } catch (error) {
-      await client.end().catch(() => undefined);
-      throw error;
-    }
-    if (closed) {
-      await client.end();
-      return;
-    }
-    listener = client;
-    invalidate();
-    listening = true;
-  };
-
-  const disconnected = (client: pg.Client) => {
-    if (listener !== client) return;
-    listener = undefined;
-    listening = false;
-    invalidate();
-    scheduleListen(250);
-  };
-
-  const scheduleListen = (delayMs: number) => {
-    if (closed || retryTimer !== undefined) return;
-    retryTimer = setTimeout(() => {
-      retryTimer = undefined;
-      listen().catch((error: unknown) => {
-        logger.warn({ err: summarizeError(error) }, 'placement router could not listen; retrying');
-        scheduleListen(Math.min(delayMs * 2, 5_000));
-      });
-    }, delayMs);
-    retryTimer.unref();
-  };
+    },
+    onConnected: () => invalidate(),
+    onDisconnected: () => invalidate(),
+  });
 
   const read = (tenantId: string): Promise<string | undefined> => {
     const pending = inFlight.get(tenantId);
@@ -176,7 +140,7 @@ export async function createSchemaPlacementRouter(
           );
         }
         const found = row?.schema_name ?? undefined;
-        if (listening && generation === started && ttlMs > 0 && maxEntries > 0) {
+        if (listener.isListening && generation === started && ttlMs > 0 && maxEntries > 0) {
           cache.set(tenantId, { schema: found, expiresAt: Date.now() + ttlMs });
           while (cache.size > maxEntries) {
             const oldest = cache.keys().next().value;
@@ -201,7 +165,7 @@ export async function createSchemaPlacementRouter(
   };
 
   try {
-    await listen();
+    await listener.start();
   } catch (error) {
     await pool.end().catch(() => undefined);
     throw toTenantryError(error);
@@ -226,17 +190,13 @@ export async function createSchemaPlacementRouter(
     schemaFor,
     invalidate,
     get isListening() {
-      return listening;
+      return listener.isListening;
     },
     async close() {
       if (closed) return;
       closed = true;
-      listening = false;
+      await listener.close();
       invalidate();
-      if (retryTimer !== undefined) clearTimeout(retryTimer);
-      const client = listener;
-      listener = undefined;
-      await client?.end().catch(() => undefined);
       if (!pool.ended) await pool.end();
     },
   });
