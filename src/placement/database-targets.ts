@@ -32,8 +32,12 @@ export type TenantPlacement =
 export interface PlacementRouterOptions {
   /** A role that can read the placement catalog of the control database: the app role can. */
   readonly connectionString: string;
-  /** The connections named by database placements. */
-  readonly registry: PoolRegistry;
+  /**
+   * The connections named by database placements. Without it a tenant placed in a dedicated
+   * database fails its units of work (`TENANTRY_ERR_CONFIG_INVALID`) instead of being served
+   * from the pool.
+   */
+  readonly registry?: PoolRegistry;
   /** Schema of Tenantry's own objects. @defaultValue 'tenantry' */
   readonly schema?: string;
   /** How long an answer stays cached (changes are also announced). @defaultValue 60000 */
@@ -100,8 +104,8 @@ export async function createPlacementRouter(
   if (typeof options?.connectionString !== 'string' || options.connectionString === '') {
     throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'connectionString is required.');
   }
-  if (typeof options.registry?.pool !== 'function') {
-    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'registry is required.');
+  if (options.registry !== undefined && typeof options.registry?.pool !== 'function') {
+    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'registry must be a pool registry.');
   }
   const ttlMs = options.ttlMs ?? 60_000;
   const maxEntries = options.maxEntries ?? 10_000;
@@ -216,8 +220,17 @@ export async function createPlacementRouter(
 
   const schemaOf = (placement: TenantPlacement) =>
     placement.kind === 'schema' ? placement.schema : undefined;
-  const sourceOf = (placement: TenantPlacement) =>
-    placement.kind === 'database' ? registry.pool(placement.connection) : undefined;
+  const sourceOf = (placement: TenantPlacement) => {
+    if (placement.kind !== 'database') return undefined;
+    if (registry === undefined) {
+      // Never serve a tenant of a dedicated database from the pool's tables.
+      throw new TenantryError(
+        'TENANTRY_ERR_CONFIG_INVALID',
+        `A tenant is placed in a dedicated database (connection "${placement.connection}"); route with a pool registry (createPlacementRouter({ registry })).`,
+      );
+    }
+    return registry.pool(placement.connection);
+  };
 
   return Object.freeze({
     placementFor,

@@ -1,11 +1,9 @@
-import pg from 'pg';
 import { defaultTenantrySchema, parseIdentifier, quoteIdentifier } from '../config.ts';
 import { withClient } from '../database/client.ts';
-import { createNotificationListener } from '../database/notification-listener.ts';
-import { toTenantryError } from '../database-errors.ts';
 import { TenantryError } from '../errors.ts';
-import { type Logger, silentLogger, summarizeError } from '../logger.ts';
-import { isUuid, parseTenantId, type TenantId } from '../tenant-id.ts';
+import type { Logger } from '../logger.ts';
+import { parseTenantId, type TenantId } from '../tenant-id.ts';
+import { createPlacementRouter, type TenantPlacement } from './database-targets.ts';
 
 /** Options for {@link createSchemaPlacementRouter}. */
 export interface SchemaPlacementRouterOptions {
@@ -40,11 +38,6 @@ export interface SchemaPlacementRouter {
   close(): Promise<void>;
 }
 
-interface Entry {
-  readonly schema: string | undefined;
-  readonly expiresAt: number;
-}
-
 /**
  * Creates the router that tells Tenantry which schema holds a tenant's tables. Answers (including
  * "pooled", the common one) are cached per tenant, least recently used evicted; a listener on
@@ -70,135 +63,33 @@ interface Entry {
 export async function createSchemaPlacementRouter(
   options: SchemaPlacementRouterOptions,
 ): Promise<SchemaPlacementRouter> {
-  if (typeof options?.connectionString !== 'string' || options.connectionString === '') {
-    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'connectionString is required.');
-  }
-  const ttlMs = options.ttlMs ?? 60_000;
-  const maxEntries = options.maxEntries ?? 10_000;
-  for (const [key, value] of [
-    ['ttlMs', ttlMs],
-    ['maxEntries', maxEntries],
-  ] as const) {
-    if (!Number.isSafeInteger(value) || value < 0) {
+  // The placement router without a pool registry: the same catalog reads, cache and listener.
+  const router = await createPlacementRouter(options);
+  const schemaOf = (tenantId: TenantId, placement: TenantPlacement): string | undefined => {
+    if (placement.kind === 'database') {
+      // Never serve a tenant of a dedicated database from the pool's tables.
       throw new TenantryError(
         'TENANTRY_ERR_CONFIG_INVALID',
-        `${key} must be a non-negative integer.`,
+        `Tenant ${tenantId} is placed in a dedicated database (connection "${placement.connection}"); route with createPlacementRouter().`,
       );
     }
-  }
-  const logger = options.logger ?? silentLogger;
-  const schema = quoteIdentifier(
-    parseIdentifier(options.schema ?? defaultTenantrySchema, 'schema'),
-  );
-  const selectSql = `select schema_name, connection_name from ${schema}.tenant_placements where tenant_id = $1`;
-  const pool = new pg.Pool({ connectionString: options.connectionString, max: 2 });
-  pool.on('error', (error) =>
-    logger.warn({ err: summarizeError(error) }, 'placement router connection failed'),
-  );
-
-  const cache = new Map<string, Entry>();
-  const inFlight = new Map<string, Promise<string | undefined>>();
-  let closed = false;
-  // Bumped on every invalidation: a read that started before a change never caches its answer.
-  let generation = 0;
-
-  const invalidate = (tenantId?: string) => {
-    generation++;
-    if (tenantId === undefined) cache.clear();
-    else cache.delete(tenantId.toLowerCase());
+    return placement.kind === 'schema' ? placement.schema : undefined;
   };
-
-  const listener = createNotificationListener({
-    connectionString: options.connectionString,
-    channel: 'tenantry_placements',
-    name: 'placement router',
-    logger,
-    onNotification: (message) => {
-      const payload = message.payload ?? '';
-      invalidate(isUuid(payload) ? payload : undefined);
-    },
-    onConnected: () => invalidate(),
-    onDisconnected: () => invalidate(),
-  });
-
-  const read = (tenantId: string): Promise<string | undefined> => {
-    const pending = inFlight.get(tenantId);
-    if (pending !== undefined) return pending;
-    const started = generation;
-    const query = (async () => {
-      try {
-        const result = await pool.query<{
-          schema_name: string | null;
-          connection_name: string | null;
-        }>(selectSql, [tenantId]);
-        const row = result.rows[0];
-        if (row?.connection_name != null) {
-          // Never serve a tenant of a dedicated database from the pool's tables.
-          throw new TenantryError(
-            'TENANTRY_ERR_CONFIG_INVALID',
-            `Tenant ${tenantId} is placed in a dedicated database (connection "${row.connection_name}"); route with createPlacementRouter().`,
-          );
-        }
-        const found = row?.schema_name ?? undefined;
-        if (listener.isListening && generation === started && ttlMs > 0 && maxEntries > 0) {
-          cache.set(tenantId, { schema: found, expiresAt: Date.now() + ttlMs });
-          while (cache.size > maxEntries) {
-            const oldest = cache.keys().next().value;
-            if (oldest === undefined) break;
-            cache.delete(oldest);
-          }
-        }
-        return found;
-      } catch (error) {
-        if (error instanceof TenantryError) throw error;
-        throw new TenantryError(
-          'TENANTRY_ERR_DB_UNAVAILABLE',
-          "The tenant's placement cannot be read right now; retry shortly.",
-          { cause: toTenantryError(error) },
-        );
-      } finally {
-        inFlight.delete(tenantId);
-      }
-    })();
-    inFlight.set(tenantId, query);
-    return query;
-  };
-
-  try {
-    await listener.start();
-  } catch (error) {
-    await pool.end().catch(() => undefined);
-    throw toTenantryError(error);
-  }
-
-  const schemaFor = (tenantId: TenantId): string | undefined | Promise<string | undefined> => {
-    if (closed) {
-      return Promise.reject(
-        new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'The placement router is closed.'),
-      );
-    }
-    const entry = cache.get(tenantId);
-    if (entry !== undefined && entry.expiresAt > Date.now()) {
-      cache.delete(tenantId);
-      cache.set(tenantId, entry);
-      return entry.schema;
-    }
-    return read(tenantId);
-  };
-
   return Object.freeze({
-    schemaFor,
-    invalidate,
+    schemaFor(tenantId: TenantId) {
+      const placement = router.placementFor(tenantId);
+      if (placement instanceof Promise) return placement.then((found) => schemaOf(tenantId, found));
+      try {
+        return schemaOf(tenantId, placement);
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    },
+    invalidate: router.invalidate,
     get isListening() {
-      return listener.isListening;
+      return router.isListening;
     },
-    async close() {
-      if (closed) return;
-      closed = true;
-      await listener.close();
-      invalidate();
-      if (!pool.ended) await pool.end();
-    },
+    close: () => router.close(),
   });
 }
 
