@@ -16,9 +16,11 @@ import { isUuid, parseTenantId, type TenantId } from '../tenant-id.ts';
 import type { TenantConnectionSource } from '../tenantry.ts';
 import {
   ownerRoleStatement,
+  type PlacementSettings,
   poolAppliedFiles,
   readTenantMigrations,
   resolvePlacementSettings,
+  type TenantMigrationFile,
 } from './migrate-targets.ts';
 import type { PoolRegistry } from './pool-registry.ts';
 
@@ -409,7 +411,7 @@ export async function placeTenantInDatabase(
       if (withRows.length > 0) {
         throw new TenantryError(
           'TENANTRY_ERR_TENANT_STATE_CONFLICT',
-          `Tenant ${tenantId} already has rows in ${withRows.join(', ')}; moving a tenant to a dedicated database is not supported yet.`,
+          `Tenant ${tenantId} already has rows in ${withRows.join(', ')}; move it with moveTenant({ to: 'database' }) ("tenantry tenants move --to database").`,
           { details: { tables: withRows } },
         );
       }
@@ -422,51 +424,12 @@ export async function placeTenantInDatabase(
           { details: { source: first.source, version: first.version } },
         );
       }
-      // Serialises placements onto one database: the second waits and sees the first's files.
-      await control.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [
-        `tenantry:placement:database:${connectionName}:${databaseName}`,
-      ]);
-      const recorded = await control.query<{ source: string; version: number; checksum: string }>(
-        `select source, version, checksum from ${tenantry}.database_placement_migrations
-          where connection_name = $1 and database_name = $2`,
-        [connectionName, databaseName],
-      );
-      const done = new Map(
-        recorded.rows.map((row) => [`${row.source}:${row.version}`, row.checksum]),
-      );
-      let applied = 0;
-      await target.query('set local search_path = public');
-      for (const file of ready) {
-        const checksum = done.get(`${file.source}:${file.version}`);
-        if (checksum !== undefined) {
-          if (checksum !== file.checksum) {
-            throw new TenantryError(
-              'TENANTRY_ERR_MIGRATION_CHANGED',
-              `Migration ${file.source}/${file.version}-${file.name} differs from the one database ${databaseName} ran.`,
-              { details: { source: file.source, version: file.version } },
-            );
-          }
-          continue;
-        }
-        try {
-          if (file.tenantSql !== '') await target.query(file.tenantSql);
-        } catch (error) {
-          throw new TenantryError(
-            'TENANTRY_ERR_MIGRATION_FAILED',
-            `Migration ${file.source}/${file.version}-${file.name} failed in database ${databaseName}: ${
-              error instanceof Error ? error.message : String(error)
-            }`,
-            { cause: error, details: { source: file.source, version: file.version } },
-          );
-        }
-        await control.query(
-          `insert into ${tenantry}.database_placement_migrations
-             (connection_name, database_name, source, version, name, checksum)
-           values ($1, $2, $3, $4, $5, $6)`,
-          [connectionName, databaseName, file.source, file.version, file.name, file.checksum],
-        );
-        applied++;
-      }
+      const applied = (
+        await applyTenantFilesToDatabase(control, target, settings, ready, {
+          connectionName,
+          databaseName,
+        })
+      ).length;
       await control.query(
         `insert into ${tenantry}.tenant_placements (tenant_id, connection_name, database_name)
          values ($1, $2, $3)`,
@@ -496,7 +459,7 @@ export async function placeTenantInDatabase(
   }
 }
 
-async function sameServer(control: pg.Client, target: pg.Client): Promise<boolean> {
+export async function sameServer(control: pg.Client, target: pg.Client): Promise<boolean> {
   const sql = `select system_identifier::text as id from pg_catalog.pg_control_system()`;
   try {
     const [a, b] = await Promise.all([control.query(sql), target.query(sql)]);
@@ -528,4 +491,91 @@ async function tablesWithRows(client: pg.Client, tenantId: TenantId): Promise<st
   }
   await client.query(`select set_config('tenantry.tenant_id', '', true)`);
   return found;
+}
+
+/**
+ * Runs, in `target` (a dedicated database, in the caller's open transaction, as its owner), the
+ * tenant statements of every file of `ready` it has not run yet, in its `public` schema. The
+ * database records what it ran in its own `tenantry.tenant_migrations`, in the same transaction
+ * as the statements, so a crash between the two databases never runs a file twice; the control
+ * database's `database_placement_migrations` mirrors it (in the caller's transaction on
+ * `control`). A file recorded with another checksum fails (`TENANTRY_ERR_MIGRATION_CHANGED`).
+ * Returns the files run now.
+ */
+export async function applyTenantFilesToDatabase(
+  control: pg.Client,
+  target: pg.Client,
+  settings: PlacementSettings,
+  ready: readonly TenantMigrationFile[],
+  names: { readonly connectionName: string; readonly databaseName: string },
+): Promise<TenantMigrationFile[]> {
+  const tenantry = quoteIdentifier(settings.schema);
+  // Serialises runs on one database: the second waits and sees the first's files.
+  await target.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [
+    `tenantry:placement:database:${settings.schema}`,
+  ]);
+  await target.query(
+    `create table if not exists ${tenantry}.tenant_migrations (
+       source text not null,
+       version integer not null,
+       name text not null,
+       checksum text not null,
+       applied_at timestamptz not null default now(),
+       primary key (source, version)
+     )`,
+  );
+  await target.query(`revoke all on ${tenantry}.tenant_migrations from public`);
+  const recorded = await target.query<{ source: string; version: number; checksum: string }>(
+    `select source, version, checksum from ${tenantry}.tenant_migrations`,
+  );
+  const done = new Map(recorded.rows.map((row) => [`${row.source}:${row.version}`, row.checksum]));
+  const applied: TenantMigrationFile[] = [];
+  await target.query('set local search_path = public');
+  for (const file of ready) {
+    const checksum = done.get(`${file.source}:${file.version}`);
+    if (checksum !== undefined) {
+      if (checksum !== file.checksum) {
+        throw new TenantryError(
+          'TENANTRY_ERR_MIGRATION_CHANGED',
+          `Migration ${file.source}/${file.version}-${file.name} differs from the one database ${names.databaseName} ran.`,
+          { details: { source: file.source, version: file.version } },
+        );
+      }
+      continue;
+    }
+    try {
+      if (file.tenantSql !== '') await target.query(file.tenantSql);
+    } catch (error) {
+      throw new TenantryError(
+        'TENANTRY_ERR_MIGRATION_FAILED',
+        `Migration ${file.source}/${file.version}-${file.name} failed in database ${names.databaseName}: ${
+          error instanceof Error ? error.message : String(error)
+        }`,
+        { cause: error, details: { source: file.source, version: file.version } },
+      );
+    }
+    await target.query(
+      `insert into ${tenantry}.tenant_migrations (source, version, name, checksum) values ($1, $2, $3, $4)`,
+      [file.source, file.version, file.name, file.checksum],
+    );
+    applied.push(file);
+  }
+  await target.query('reset search_path');
+  for (const file of ready) {
+    await control.query(
+      `insert into ${tenantry}.database_placement_migrations
+         (connection_name, database_name, source, version, name, checksum)
+       values ($1, $2, $3, $4, $5, $6)
+       on conflict (connection_name, database_name, source, version) do nothing`,
+      [
+        names.connectionName,
+        names.databaseName,
+        file.source,
+        file.version,
+        file.name,
+        file.checksum,
+      ],
+    );
+  }
+  return applied;
 }

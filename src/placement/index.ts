@@ -1,6 +1,7 @@
 /**
- * Tenant placement: tenants whose tables live in a dedicated schema of the pool database, the
- * router that sends their units of work there, and migrations across those schemas.
+ * Tenant placement: tenants whose tables live in the pool, a dedicated schema of the pool
+ * database or a dedicated database; the router that sends their units of work there, online
+ * moves between them, migrations across every target, and Citus distribution.
  *
  * @example
  * ```ts
@@ -35,6 +36,7 @@ export {
   type TenantPlacement,
 } from './database-targets.ts';
 export {
+  connectionUrlVariable,
   type MigrateTargetsOptions,
   type MigrateTargetsProgress,
   type MigrateTargetsSummary,
@@ -57,6 +59,7 @@ export {
   type PoolStats,
 } from './pool-registry.ts';
 export {
+  compareDatabaseWithPool,
   compareWithPool,
   defaultTenantSchemaName,
   moveFenceTriggerPrefix,

@@ -13,6 +13,7 @@ import { connectClient } from '../database/client.ts';
 import { isTenantryError, TenantryError, type TenantryErrorCode } from '../errors.ts';
 import { type Logger, silentLogger } from '../logger.ts';
 import { type MigrationSource, substituteVariables } from '../migrations/migrate.ts';
+import { applyTenantFilesToDatabase } from './database-targets.ts';
 import { splitMigrationStatements } from './tenant-statements.ts';
 
 /** A migration file of a tenant source, with the statements a dedicated schema runs. */
@@ -187,6 +188,19 @@ export async function applyToSchema(
   );
 }
 
+/**
+ * The environment variable the CLI reads a dedicated database's owner URL from:
+ * `TENANTRY_CONNECTION_<NAME>_URL`, the connection name upper-cased with `-` as `_`.
+ *
+ * @example
+ * ```ts
+ * connectionUrlVariable('eu-1'); // 'TENANTRY_CONNECTION_EU_1_URL'
+ * ```
+ */
+export function connectionUrlVariable(connection: string): string {
+  return `TENANTRY_CONNECTION_${connection.toUpperCase().replaceAll('-', '_')}_URL`;
+}
+
 /** The advisory lock key that serialises provisioning and migrating one dedicated schema. */
 export function schemaLockKey(schemaName: string): string {
   return `tenantry:placement:${schemaName}`;
@@ -201,8 +215,14 @@ export interface MigrateTargetsOptions {
    * (their shared statements run only there).
    */
   readonly sources: readonly MigrationSource[];
-  /** Dedicated schemas migrated at once, each on its own connection. @defaultValue 4 */
+  /** Dedicated schemas and databases migrated at once, each on its own connection. @defaultValue 4 */
   readonly concurrency?: number;
+  /**
+   * Owner (or superuser) URLs of the dedicated databases, by connection name. A dedicated
+   * database whose connection has no URL here is reported `failed` (the others go on).
+   * @defaultValue {}
+   */
+  readonly databases?: Readonly<Record<string, string>>;
   /** Schema of Tenantry's own objects. @defaultValue 'tenantry' */
   readonly tenantrySchema?: string;
   readonly roles?: Partial<RoleNames>;
@@ -213,8 +233,13 @@ export interface MigrateTargetsOptions {
 
 /** What happened to one dedicated schema in {@link migrateTargets}. */
 export interface TargetMigrationResult {
+  /** The tenant placed in the schema; for a dedicated database, the first of its tenants. */
   readonly tenantId: string;
+  /** The dedicated schema, or `public` for a dedicated database. */
   readonly schema: string;
+  /** For a dedicated database: its connection name and database name. */
+  readonly connection?: string;
+  readonly database?: string;
   /**
    * `migrated`: files applied; `up-to-date`: nothing to do; `failed`: a file failed and was
    * rolled back, the ones before it stay applied; `busy`: another migrator holds this schema.
@@ -250,10 +275,14 @@ export interface MigrateTargetsSummary {
   readonly durationMs: number;
 }
 
-interface Target {
-  readonly tenantId: string;
-  readonly schema: string;
-}
+type Target =
+  | { readonly kind: 'schema'; readonly tenantId: string; readonly schema: string }
+  | {
+      readonly kind: 'database';
+      readonly tenantId: string;
+      readonly connection: string;
+      readonly database: string;
+    };
 
 /**
  * Applies the tenant statements of the application's migration files to every dedicated schema,
@@ -301,7 +330,28 @@ export async function migrateTargets(
       `select tenant_id, schema_name from ${tenantry}.tenant_placements
         where schema_name is not null order by schema_name`,
     );
-    targets = listed.rows.map((row) => ({ tenantId: row.tenant_id, schema: row.schema_name }));
+    targets = listed.rows.map((row) => ({
+      kind: 'schema' as const,
+      tenantId: row.tenant_id,
+      schema: row.schema_name,
+    }));
+    const databases = await main.query<{
+      tenant_id: string;
+      connection_name: string;
+      database_name: string;
+    }>(
+      `select min(tenant_id::text) as tenant_id, connection_name, database_name
+         from ${tenantry}.tenant_placements where connection_name is not null
+        group by connection_name, database_name order by connection_name, database_name`,
+    );
+    for (const row of databases.rows) {
+      targets.push({
+        kind: 'database',
+        tenantId: row.tenant_id,
+        connection: row.connection_name,
+        database: row.database_name,
+      });
+    }
   } finally {
     await main.end().catch(() => undefined);
   }
@@ -315,10 +365,23 @@ export async function migrateTargets(
       const roleStatement = await ownerRoleStatement(client, settings.roles.owner);
       while (next < targets.length) {
         const target = targets[next++] as Target;
-        const result = await migrateTarget(client, settings, roleStatement, target, ready);
+        const result =
+          target.kind === 'schema'
+            ? await migrateTarget(client, settings, roleStatement, target, ready)
+            : await migrateDatabaseTarget(
+                client,
+                settings,
+                roleStatement,
+                target,
+                ready,
+                options.databases ?? {},
+              );
         results.push(result);
         if (result.status === 'failed') {
-          logger.warn({ schema: target.schema, error: result.error }, 'dedicated schema failed');
+          logger.warn(
+            { schema: result.schema, database: result.database, error: result.error },
+            'dedicated target failed',
+          );
         }
         options.onProgress?.({ done: results.length, total: targets.length, target: result });
       }
@@ -348,7 +411,7 @@ async function migrateTarget(
   client: pg.Client,
   settings: PlacementSettings,
   roleStatement: string,
-  target: Target,
+  target: Extract<Target, { kind: 'schema' }>,
   ready: readonly TenantMigrationFile[],
 ): Promise<TargetMigrationResult> {
   const started = performance.now();
@@ -421,5 +484,89 @@ async function migrateTarget(
     await client
       .query('select pg_advisory_unlock(hashtextextended($1, 0))', [lockKey])
       .catch(() => undefined);
+  }
+}
+
+/**
+ * Applies the missing files to one dedicated database, one transaction per file on each side:
+ * the database commits the file's statements with its own record first, then the control
+ * database its mirror (see `applyTenantFilesToDatabase`).
+ */
+async function migrateDatabaseTarget(
+  control: pg.Client,
+  settings: PlacementSettings,
+  roleStatement: string,
+  target: Extract<Target, { kind: 'database' }>,
+  ready: readonly TenantMigrationFile[],
+  databases: Readonly<Record<string, string>>,
+): Promise<TargetMigrationResult> {
+  const started = performance.now();
+  const applied: { source: string; version: number }[] = [];
+  const finish = (
+    status: TargetMigrationResult['status'],
+    error?: TargetMigrationResult['error'],
+  ): TargetMigrationResult =>
+    Object.freeze({
+      tenantId: target.tenantId,
+      schema: 'public',
+      connection: target.connection,
+      database: target.database,
+      status,
+      applied: Object.freeze(applied),
+      ...(error === undefined ? {} : { error: Object.freeze(error) }),
+      durationMs: Math.round(performance.now() - started),
+    });
+  const url = databases[target.connection];
+  if (url === undefined) {
+    return finish('failed', {
+      code: 'TENANTRY_ERR_CONFIG_INVALID',
+      message: `No URL for the dedicated database of connection "${target.connection}" (${target.database}): set ${connectionUrlVariable(target.connection)}.`,
+    });
+  }
+  let remote: pg.Client | undefined;
+  let current: TenantMigrationFile | undefined;
+  try {
+    remote = await connectClient(url);
+    const name = (await remote.query<{ name: string }>('select current_database() as name')).rows[0]
+      ?.name;
+    if (name !== target.database) {
+      return finish('failed', {
+        code: 'TENANTRY_ERR_CONFIG_INVALID',
+        message: `The URL of connection "${target.connection}" leads to database ${name}, not ${target.database}.`,
+      });
+    }
+    const remoteRole = await ownerRoleStatement(remote, settings.roles.owner);
+    for (const file of ready) {
+      current = file;
+      await control.query('begin');
+      await remote.query('begin');
+      try {
+        if (roleStatement !== '') await control.query(roleStatement);
+        if (remoteRole !== '') await remote.query(remoteRole);
+        const ran = await applyTenantFilesToDatabase(control, remote, settings, [file], {
+          connectionName: target.connection,
+          databaseName: target.database,
+        });
+        await remote.query('commit');
+        await control.query('commit');
+        if (ran.length > 0) applied.push({ source: file.source, version: file.version });
+      } catch (error) {
+        await remote.query('rollback').catch(() => undefined);
+        await control.query('rollback').catch(() => undefined);
+        throw error;
+      }
+    }
+    return finish(applied.length === 0 ? 'up-to-date' : 'migrated');
+  } catch (error) {
+    const code = isTenantryError(error) ? error.code : 'TENANTRY_ERR_MIGRATION_FAILED';
+    return finish('failed', {
+      code: code === 'TENANTRY_ERR_MIGRATION_CHANGED' ? code : 'TENANTRY_ERR_MIGRATION_FAILED',
+      message: `Migration ${current?.source}/${current?.version}-${current?.name} failed in database ${target.database} and was rolled back: ${
+        error instanceof Error ? error.message : String(error)
+      }`,
+      ...(current === undefined ? {} : { source: current.source, version: current.version }),
+    });
+  } finally {
+    await remote?.end().catch(() => undefined);
   }
 }

@@ -325,6 +325,46 @@ export async function compareWithPool(
   );
 }
 
+/**
+ * Compares the tenant tables of another database's `public` schema (a dedicated database) with
+ * the pool's, like {@link compareWithPool} does for a schema of the same database.
+ *
+ * @example
+ * ```ts
+ * import { compareDatabaseWithPool } from 'tenantry/placement';
+ * const differences = await compareDatabaseWithPool(controlClient, dedicatedClient);
+ * ```
+ */
+export async function compareDatabaseWithPool(
+  control: pg.Client | pg.PoolClient,
+  target: pg.Client | pg.PoolClient,
+): Promise<SchemaDifference[]> {
+  type Row = { table_name: string; kind: string; name: string; definition: string | null };
+  const read = async (client: pg.Client | pg.PoolClient) => {
+    const result = await client.query<Row>(structureSql, [['public']]);
+    return new Map(
+      result.rows.map((row) => [
+        `${row.table_name}\u0000${row.kind}\u0000${row.name}`,
+        (row.definition ?? '').replaceAll('public.', ''),
+      ]),
+    );
+  };
+  const [pool, own] = await Promise.all([read(control), read(target)]);
+  const differences: SchemaDifference[] = [];
+  for (const key of new Set([...pool.keys(), ...own.keys()])) {
+    const inPool = pool.get(key);
+    const inTarget = own.get(key);
+    if (inPool === inTarget) continue;
+    const [table, kind, name] = key.split('\u0000') as [string, string, string];
+    differences.push(
+      Object.freeze({ table, kind, name, pool: inPool ?? null, schema: inTarget ?? null }),
+    );
+  }
+  return differences.sort((a, b) =>
+    `${a.table}.${a.kind}.${a.name}`.localeCompare(`${b.table}.${b.kind}.${b.name}`),
+  );
+}
+
 /** A migration file replayed in a schema by {@link provisionTenantSchema}. */
 export interface ReplayedMigration {
   readonly source: string;

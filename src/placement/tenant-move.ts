@@ -7,6 +7,7 @@ import { type Logger, silentLogger } from '../logger.ts';
 import type { MigrationSource } from '../migrations/migrate.ts';
 import { deletionOrder, listTenantTables } from '../platform/tenant-tables.ts';
 import { parseTenantId, type TenantId } from '../tenant-id.ts';
+import { advanceAcross, checkDatabaseUrl, rollbackAcross } from './database-move.ts';
 import {
   ownerRoleStatement,
   type PlacementSettings,
@@ -23,8 +24,11 @@ import {
   type ReplayedMigration,
 } from './schema-targets.ts';
 
-/** Where a tenant's rows live: the shared tables of `public`, or a schema of its own. */
-export type MovablePlacement = 'pool' | 'schema';
+/**
+ * Where a tenant's rows live: the shared tables of `public`, a schema of its own, or the `public`
+ * schema of a dedicated database.
+ */
+export type MovablePlacement = 'pool' | 'schema' | 'database';
 
 /**
  * The last step of a move that committed. `held`: the tenant's writes are refused (its requests
@@ -75,9 +79,15 @@ export interface TenantMoveReport {
   readonly tenantId: TenantId;
   readonly from: MovablePlacement;
   readonly to: MovablePlacement;
-  /** `public` for the pool, else the dedicated schema. */
+  /** `public` for the pool and for a dedicated database, else the dedicated schema. */
   readonly fromSchema: string;
   readonly toSchema: string;
+  /** The dedicated database's connection name and database name, when one is the source. */
+  readonly fromConnection: string | null;
+  readonly fromDatabase: string | null;
+  /** The dedicated database's connection name and database name, when one is the target. */
+  readonly toConnection: string | null;
+  readonly toDatabase: string | null;
   readonly step: TenantMoveStep;
   readonly tables: readonly TenantMoveTable[];
   /** How long the tenant's writes were held (from the hold to the switch), once switched. */
@@ -119,6 +129,18 @@ export interface TenantMoveCommonOptions {
    */
   readonly fenceGraceMs?: number;
   /**
+   * Owner (or superuser) URLs of the dedicated databases, by connection name (the names
+   * `createPoolRegistry` routes with): required when a move's source or target is a dedicated
+   * database. Each URL must name the database the catalog records for that connection.
+   */
+  readonly databases?: Readonly<Record<string, string>>;
+  /**
+   * Sources applied whole to a dedicated database before the tenant statements when moving a
+   * tenant into one, after Tenantry's core (always applied): as for `placeTenantInDatabase`.
+   * @defaultValue []
+   */
+  readonly platformSources?: readonly MigrationSource[];
+  /**
    * Called after each step commits and for each table copied. An error it throws stops the move
    * where it is, exactly like a crash: resume or roll it back.
    */
@@ -134,6 +156,8 @@ export interface MoveTenantOptions extends TenantMoveCommonOptions {
   readonly to: MovablePlacement;
   /** The dedicated schema to create when moving to one. @defaultValue {@link defaultTenantSchemaName} */
   readonly schema?: string;
+  /** The dedicated database's connection name when moving to one (a key of `databases`). */
+  readonly connection?: string;
 }
 
 /**
@@ -152,13 +176,17 @@ export const moveErrorCodes = Object.freeze({
 /** SQLSTATE of the write fence's refusal. */
 export const tenantMovingSqlState = 'TM001';
 
-interface MoveRow {
+export interface MoveRow {
   id: string;
   tenant_id: TenantId;
   from_placement: MovablePlacement;
   to_placement: MovablePlacement;
   from_schema: string;
   to_schema: string;
+  from_connection: string | null;
+  from_database: string | null;
+  to_connection: string | null;
+  to_database: string | null;
   step: TenantMoveStep;
   tables: Record<string, Partial<TenantMoveTable>>;
   migrations: ReplayedMigration[];
@@ -168,7 +196,7 @@ interface MoveRow {
   finished_at: Date | null;
 }
 
-interface MoveTableSpec {
+export interface MoveTableSpec {
   readonly table: string;
   readonly columns: readonly string[];
   readonly primaryKey: readonly string[];
@@ -176,6 +204,9 @@ interface MoveTableSpec {
 
 interface Settings {
   readonly placement: PlacementSettings;
+  readonly connectionString: string;
+  readonly databases: Readonly<Record<string, string>>;
+  readonly platformSources: readonly MigrationSource[];
   readonly tenantry: string;
   readonly lockTimeoutMs: number;
   readonly lockAttempts: number;
@@ -184,7 +215,7 @@ interface Settings {
   readonly onProgress: TenantMoveCommonOptions['onProgress'];
 }
 
-interface Session {
+export interface Session {
   readonly client: pg.Client;
   readonly tenantId: TenantId;
   readonly settings: Settings;
@@ -228,8 +259,11 @@ class ProgressHookError extends Error {
  * ```
  */
 export async function moveTenant(options: MoveTenantOptions): Promise<TenantMoveReport> {
-  if (options.to !== 'pool' && options.to !== 'schema') {
-    throw new TenantryError('TENANTRY_ERR_CONFIG_INVALID', 'to must be "pool" or "schema".');
+  if (options.to !== 'pool' && options.to !== 'schema' && options.to !== 'database') {
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      'to must be "pool", "schema" or "database".',
+    );
   }
   return withSession(options, async (session) => {
     const move = await startMove(session, options);
@@ -280,6 +314,11 @@ export async function rollbackTenantMove(
         `The move of tenant ${move.tenant_id} already switched it to ${move.to_schema}; resume it instead, then move the tenant back.`,
         { details: { moveId: move.id, step: move.step } },
       );
+    }
+    if (move.from_placement === 'database' || move.to_placement === 'database') {
+      await rollbackAcross(session, move);
+      await report(session, move, 'rolled_back');
+      return reportOf(session, move.id);
     }
     const tables = await moveTables(session);
     await withLockRetries(session, 'roll back the move', () =>
@@ -353,6 +392,9 @@ async function withSession<T>(
   const settings: Settings = Object.freeze({
     placement,
     tenantry: quoteIdentifier(placement.schema),
+    connectionString: options.connectionString,
+    databases: Object.freeze({ ...(options.databases ?? {}) }),
+    platformSources: Object.freeze([...(options.platformSources ?? [])]),
     lockTimeoutMs: nonNegative('lockTimeoutMs', options.lockTimeoutMs ?? 200, 1),
     lockAttempts: nonNegative('lockAttempts', options.lockAttempts ?? 50, 1),
     fenceGraceMs: nonNegative('fenceGraceMs', options.fenceGraceMs ?? 5_000, 0),
@@ -415,8 +457,10 @@ async function startMove(session: Session, options: MoveTenantOptions): Promise<
     status: string;
     placement: string;
     schema_name: string | null;
+    connection_name: string | null;
+    database_name: string | null;
   }>(
-    `select t.status, t.placement, p.schema_name
+    `select t.status, t.placement, p.schema_name, p.connection_name, p.database_name
        from ${t}.tenants t left join ${t}.tenant_placements p on p.tenant_id = t.id
       where t.id = $1`,
     [tenantId],
@@ -432,14 +476,39 @@ async function startMove(session: Session, options: MoveTenantOptions): Promise<
       { details: { status: row.status } },
     );
   }
-  if (row.placement === options.to || (row.placement !== 'pool' && row.placement !== 'schema')) {
+  if (
+    row.placement === options.to ||
+    (row.placement !== 'pool' && row.placement !== 'schema' && row.placement !== 'database')
+  ) {
     throw new TenantryError(
       moveErrorCodes.stateConflict,
       `Tenant ${tenantId} has placement ${row.placement}; it cannot move to ${options.to}.`,
       { details: { placement: row.placement } },
     );
   }
-  const fromSchema = row.placement === 'pool' ? 'public' : (row.schema_name as string);
+  const fromSchema = row.placement === 'schema' ? (row.schema_name as string) : 'public';
+  const fromConnection = row.placement === 'database' ? row.connection_name : null;
+  const fromDatabase = row.placement === 'database' ? row.database_name : null;
+  if (fromConnection !== null) {
+    await checkDatabaseUrl(session, fromConnection, fromDatabase as string);
+  }
+  let toConnection: string | null = null;
+  let toDatabase: string | null = null;
+  if (options.to === 'database') {
+    if (typeof options.connection !== 'string' || options.connection === '') {
+      throw new TenantryError(
+        'TENANTRY_ERR_CONFIG_INVALID',
+        "connection (the dedicated database's connection name) is required to move to a database.",
+      );
+    }
+    toConnection = options.connection;
+    toDatabase = await checkDatabaseUrl(session, toConnection);
+  } else if (options.connection !== undefined) {
+    throw new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      'connection goes with a move to a database.',
+    );
+  }
   let toSchema = 'public';
   if (options.to === 'schema') {
     if (options.sources === undefined || options.sources.length === 0) {
@@ -471,9 +540,20 @@ async function startMove(session: Session, options: MoveTenantOptions): Promise<
   }
   await refuseSequences(session);
   const inserted = await client.query<MoveRow>(
-    `insert into ${t}.tenant_moves (tenant_id, from_placement, to_placement, from_schema, to_schema)
-     values ($1, $2, $3, $4, $5) returning *`,
-    [tenantId, row.placement, options.to, fromSchema, toSchema],
+    `insert into ${t}.tenant_moves (tenant_id, from_placement, to_placement, from_schema, to_schema,
+                                   from_connection, from_database, to_connection, to_database)
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning *`,
+    [
+      tenantId,
+      row.placement,
+      options.to,
+      fromSchema,
+      toSchema,
+      fromConnection,
+      fromDatabase,
+      toConnection,
+      toDatabase,
+    ],
   );
   const move = inserted.rows[0] as MoveRow;
   settings.logger.info(
@@ -540,8 +620,15 @@ async function advance(
   sources: readonly MigrationSource[] | undefined,
 ): Promise<TenantMoveReport> {
   let step = move.step;
+  const across = move.from_placement === 'database' || move.to_placement === 'database';
   while (step !== 'finished') {
     const next = stepOrder[stepOrder.indexOf(step) + 1] as TenantMoveStep;
+    if (across) {
+      await advanceAcross(session, move, next, sources);
+      step = next;
+      await report(session, move, step);
+      continue;
+    }
     switch (next) {
       case 'provisioned':
         await provision(session, move, sources);
@@ -575,7 +662,7 @@ async function report(session: Session, move: MoveRow, step: TenantMoveStep): Pr
   await notify(session, { moveId: move.id, tenantId: move.tenant_id, step });
 }
 
-async function notify(session: Session, progress: TenantMoveProgress): Promise<void> {
+export async function notify(session: Session, progress: TenantMoveProgress): Promise<void> {
   if (session.settings.onProgress === undefined) return;
   try {
     await session.settings.onProgress(Object.freeze(progress));
@@ -584,7 +671,7 @@ async function notify(session: Session, progress: TenantMoveProgress): Promise<v
   }
 }
 
-async function transaction<T>(
+export async function transaction<T>(
   session: Session,
   options: { readonly repeatableRead?: boolean; readonly lockTimeout?: boolean },
   fn: () => Promise<T>,
@@ -602,6 +689,7 @@ async function transaction<T>(
     }
     // RLS is forced on the owner too: the mover works in the tenant's context.
     await client.query(`select set_config('tenantry.tenant_id', $1, true)`, [session.tenantId]);
+    await client.query(moveOutputSettings);
     const result = await fn();
     await client.query('commit');
     return result;
@@ -612,12 +700,20 @@ async function transaction<T>(
 }
 
 /**
+ * Settings that make a row's text form the same in every session and database, so checksums
+ * computed on two servers compare (time zone, date and interval styles, float digits, bytea).
+ */
+export const moveOutputSettings = `select set_config('timezone', 'UTC', true), set_config('datestyle', 'ISO, MDY', true),
+  set_config('intervalstyle', 'postgres', true), set_config('extra_float_digits', '1', true),
+  set_config('bytea_output', 'hex', true)`;
+
+/**
  * Copies and deletes run with `session_replication_role = replica`: the application's triggers
  * (quota counters, search terms maintained from other tables, the write fence) and foreign key
  * actions skip them, since every table is copied or deleted as it is. Catalog writes run with it
  * back to `origin`, so the placement's notification and consistency triggers fire.
  */
-async function copyMode(session: Session, on: boolean): Promise<void> {
+export async function copyMode(session: Session, on: boolean): Promise<void> {
   const { client } = session;
   // Only a superuser (or a role granted SET on it) may change it: step out of the owner role.
   if (session.roleStatement !== '') await client.query('reset role');
@@ -633,7 +729,7 @@ async function copyMode(session: Session, on: boolean): Promise<void> {
   if (session.roleStatement !== '') await client.query(session.roleStatement);
 }
 
-async function withLockRetries<T>(
+export async function withLockRetries<T>(
   session: Session,
   what: string,
   fn: () => Promise<T>,
@@ -660,7 +756,7 @@ async function withLockRetries<T>(
   }
 }
 
-async function setStep(
+export async function setStep(
   session: Session,
   move: MoveRow,
   step: TenantMoveStep,
@@ -698,7 +794,7 @@ async function setStep(
 }
 
 /** The application's tenant tables of `public`, parents first, with their insertable columns. */
-async function moveTables(session: Session): Promise<MoveTableSpec[]> {
+export async function moveTables(session: Session): Promise<MoveTableSpec[]> {
   const tables = (
     await listTenantTables(session.client, {
       tenantrySchema: session.settings.placement.schema,
@@ -724,11 +820,11 @@ async function moveTables(session: Session): Promise<MoveTableSpec[]> {
     );
 }
 
-function qualified(schema: string, table: string): string {
+export function qualified(schema: string, table: string): string {
   return `${quoteIdentifier(schema)}.${quoteIdentifier(table)}`;
 }
 
-function columnList(table: MoveTableSpec, alias?: string): string {
+export function columnList(table: MoveTableSpec, alias?: string): string {
   return table.columns
     .map((column) => (alias === undefined ? '' : `${alias}.`) + quoteIdentifier(column))
     .join(', ');
@@ -739,11 +835,21 @@ async function checksum(
   schema: string,
   table: MoveTableSpec,
 ): Promise<{ rows: number; checksum: string }> {
-  const result = await session.client.query<{ rows: string; checksum: string }>(
+  return checksumOn(session.client, session.tenantId, schema, table);
+}
+
+/** Rows and md5 of the tenant's rows of one table, as text sorted bytewise. */
+export async function checksumOn(
+  client: pg.Client,
+  tenantId: TenantId,
+  schema: string,
+  table: MoveTableSpec,
+): Promise<{ rows: number; checksum: string }> {
+  const result = await client.query<{ rows: string; checksum: string }>(
     `select count(*)::text as rows, md5(coalesce(string_agg(r, E'\\n' order by r collate "C"), '')) as checksum
        from (select row(${columnList(table, 's')})::text as r
                from ${qualified(schema, table.table)} s where s.tenant_id = $1) rows`,
-    [session.tenantId],
+    [tenantId],
   );
   const row = result.rows[0] as { rows: string; checksum: string };
   return { rows: Number(row.rows), checksum: row.checksum };
@@ -788,7 +894,7 @@ async function checkStructure(session: Session, move: MoveRow): Promise<void> {
   }
 }
 
-async function provision(
+export async function provision(
   session: Session,
   move: MoveRow,
   sources: readonly MigrationSource[] | undefined,
@@ -855,11 +961,11 @@ async function copy(session: Session, move: MoveRow): Promise<void> {
   });
 }
 
-function fenceName(tenantId: TenantId): string {
+export function fenceName(tenantId: TenantId): string {
   return `${moveFenceTriggerPrefix}${tenantId.replaceAll('-', '')}`;
 }
 
-async function dropFences(
+export async function dropFences(
   session: Session,
   schema: string,
   tables: readonly MoveTableSpec[],
@@ -882,7 +988,7 @@ async function dropFences(
  * context. Creating a trigger waits for the transactions that hold write locks on the table, so
  * when this commits no write of the tenant begun before it is still open on the source.
  */
-async function hold(session: Session, move: MoveRow): Promise<void> {
+export async function hold(session: Session, move: MoveRow): Promise<void> {
   const tables = await moveTables(session);
   const fence = quoteIdentifier(fenceName(session.tenantId));
   await withLockRetries(session, "hold the tenant's writes", () =>
@@ -1037,7 +1143,7 @@ async function switchPlacement(
 }
 
 /** The pool must not have applied a tenant migration the provisioned schema lacks. */
-async function checkMigrations(
+export async function checkMigrations(
   session: Session,
   move: MoveRow,
   sources: readonly MigrationSource[] | undefined,
@@ -1077,7 +1183,7 @@ async function releaseHold(
   );
 }
 
-async function clean(session: Session, move: MoveRow): Promise<void> {
+export async function clean(session: Session, move: MoveRow): Promise<void> {
   if (move.from_placement === 'pool') {
     const tables = await moveTables(session);
     await transaction(session, {}, async () => {
@@ -1142,7 +1248,7 @@ async function reportOf(session: Session, moveId: string): Promise<TenantMoveRep
   return toReport(result.rows[0] as MoveRow, Math.round(performance.now() - session.started));
 }
 
-function toReport(row: MoveRow, durationMs: number): TenantMoveReport {
+export function toReport(row: MoveRow, durationMs: number): TenantMoveReport {
   const tables = Object.entries(row.tables)
     .map(([table, entry]) =>
       Object.freeze({
@@ -1162,6 +1268,10 @@ function toReport(row: MoveRow, durationMs: number): TenantMoveReport {
     to: row.to_placement,
     fromSchema: row.from_schema,
     toSchema: row.to_schema,
+    fromConnection: row.from_connection ?? null,
+    fromDatabase: row.from_database ?? null,
+    toConnection: row.to_connection ?? null,
+    toDatabase: row.to_database ?? null,
     step: row.step,
     tables: Object.freeze(tables),
     holdMs:
