@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import type { Generated } from 'kysely';
 import {
   bootstrapDatabase,
@@ -34,6 +37,23 @@ import { platformMigrationSource } from 'tenantry/platform';
 import { storageMigrationSource } from 'tenantry/storage';
 import { readTestCluster } from 'tenantry/testing';
 import { withClient } from './fixtures.ts';
+
+const execFileAsync = promisify(execFile);
+const cli = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+
+async function runCli(args: readonly string[], env: Record<string, string>) {
+  try {
+    const { stdout, stderr } = await execFileAsync(
+      process.execPath,
+      ['--conditions=development', cli, ...args],
+      { env: { PATH: process.env.PATH ?? '', ...env } },
+    );
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const failed = error as { code?: number; stdout?: string; stderr?: string };
+    return { code: failed.code ?? -1, stdout: failed.stdout ?? '', stderr: failed.stderr ?? '' };
+  }
+}
 
 /*
  * Moves into and out of dedicated databases, on an application of its own (notes, comments and
@@ -338,7 +358,7 @@ before(async () => {
      );
      select tenantry.enable_tenant_isolation('audit');\n`,
   );
-  sources = [{ name: 'notes', directory: sourceDirectory }];
+  sources = [{ name: 'app', directory: sourceDirectory }];
   for (const database of [controlName, dedicatedName]) {
     await bootstrapDatabase({ adminConnectionString: cluster.adminUrl, database });
   }
@@ -609,6 +629,53 @@ describe('moves into and out of a dedicated database', () => {
     assert.equal((await locationOf(tenantId)).placement, 'pool');
   });
 
+  test('the CLI moves a tenant into a database and back, with progress and a report', async () => {
+    const tenantId = await seedTenant('cli');
+    const before = await checksums(tenantId, controlAdminUrl, 'public');
+    const env = {
+      DATABASE_URL: controlAdminUrl,
+      TENANTRY_MIGRATIONS_DIR: sourceDirectory,
+      TENANTRY_CONNECTION_EU_1_URL: dedicatedAdminUrl,
+    };
+    const refused = await runCli(
+      ['tenants', 'move', tenantId, '--to', 'database', '--connection', 'eu_9'],
+      env,
+    );
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /Set TENANTRY_CONNECTION_EU_9_URL/);
+
+    const moved = await runCli(
+      [
+        'tenants',
+        'move',
+        tenantId,
+        '--to',
+        'database',
+        '--connection',
+        'eu_1',
+        '--fence-grace-ms',
+        '0',
+      ],
+      env,
+    );
+    assert.equal(moved.code, 0, moved.stderr);
+    assert.match(moved.stderr, /copied notes: 40 rows/);
+    assert.match(moved.stdout, new RegExp(`-> database ${dedicatedName} via eu_1 finished`));
+    assert.deepEqual(await checksums(tenantId, dedicatedAdminUrl, 'public'), before);
+
+    const listed = await runCli(['placement', 'list'], env);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.match(listed.stdout, new RegExp(`database ${dedicatedName} \\(eu_1\\)`));
+
+    const back = await runCli(
+      ['tenants', 'move', tenantId, '--to', 'pool', '--fence-grace-ms', '0'],
+      env,
+    );
+    assert.equal(back.code, 0, back.stderr);
+    assert.deepEqual(await checksums(tenantId, controlAdminUrl, 'public'), before);
+    assert.equal((await rowsEverywhere(tenantId)).database, 0);
+  });
+
   test('tenantry migrate applies a new file to the dedicated database; a failing database stops only itself', async () => {
     const tenantId = await seedTenant('migrated');
     await moveTenant({
@@ -634,7 +701,7 @@ describe('moves into and out of a dedicated database', () => {
     const summary = await migrateTargets({ connectionString: controlAdminUrl, sources, databases });
     assert.equal(summary.failed.length, 0);
     const result = summary.results.find((entry) => entry.database === dedicatedName);
-    assert.deepEqual(result?.applied, [{ source: 'notes', version: 2 }]);
+    assert.deepEqual(result?.applied, [{ source: 'app', version: 2 }]);
     const columns = await query(
       dedicatedAdminUrl,
       `select 1 from information_schema.columns where table_name = 'notes' and column_name = 'pinned'`,

@@ -17,7 +17,7 @@ import { type PreparedDatabase, prepareDatabase, requireAppUrl } from './databas
 import { addJobCommands } from './job-commands.ts';
 import { addMoveCommands } from './move-commands.ts';
 import { addPartitionCommands } from './partition-commands.ts';
-import { addPlacementCommands } from './placement-commands.ts';
+import { addPlacementCommands, dedicatedDatabaseUrls, targetName } from './placement-commands.ts';
 import { addTenantLifecycleCommands } from './tenant-commands.ts';
 import { UsageError } from './usage-error.ts';
 import { addWebhookCommands } from './webhook-commands.ts';
@@ -62,18 +62,20 @@ async function applyMigrations(database: PreparedDatabase, directory: string) {
         : ''
     }\n`,
   );
-  // Tenants placed in dedicated schemas get the same app migrations, each schema on its own.
+  // Tenants placed in dedicated schemas and databases get the same app migrations, each target
+  // on its own.
   const targets = await migrateTargets({
     connectionString: database.adminUrl,
     sources: [{ name: 'app', directory }],
+    databases: await dedicatedDatabaseUrls(database.adminUrl),
   });
   if (targets.total > 0) {
     process.stdout.write(
-      `dedicated schemas: ${targets.migrated} migrated, ${targets.upToDate} up to date, ${targets.failed.length} failed, ${targets.busy.length} busy\n`,
+      `dedicated schemas and databases: ${targets.migrated} migrated, ${targets.upToDate} up to date, ${targets.failed.length} failed, ${targets.busy.length} busy\n`,
     );
     for (const failed of targets.failed) {
       process.stderr.write(
-        `  ${failed.schema} (tenant ${failed.tenantId}): ${failed.error?.message ?? 'failed'}\n`,
+        `  ${targetName(failed)} (tenant ${failed.tenantId}): ${failed.error?.message ?? 'failed'}\n`,
       );
     }
     if (targets.failed.length > 0 || targets.busy.length > 0) process.exitCode = 1;

@@ -1,6 +1,7 @@
 import { type Command, Option } from 'commander';
 import { withClient } from '../database/client.ts';
 import type { MigrationSource } from '../migrations/migrate.ts';
+import { connectionUrlVariable } from '../placement/migrate-targets.ts';
 import {
   moveTenant,
   resumeTenantMove,
@@ -10,11 +11,13 @@ import {
 } from '../placement/tenant-move.ts';
 import { isUuid } from '../tenant-id.ts';
 import { formatTable, type WithDatabase } from './job-commands.ts';
+import { dedicatedDatabaseUrls } from './placement-commands.ts';
 import { UsageError } from './usage-error.ts';
 
 interface MoveFlags {
   readonly to?: string;
   readonly schema?: string;
+  readonly connection?: string;
   readonly resume?: boolean;
   readonly rollback?: boolean;
   readonly json?: boolean;
@@ -22,9 +25,10 @@ interface MoveFlags {
 }
 
 /**
- * Adds `tenants move <tenant> --to pool|schema [--schema name]`, with `--resume` and
- * `--rollback` for a move that stopped: an online move of a tenant's rows between the shared
- * tables and a dedicated schema (see `moveTenant()`). Progress (each step, rows per table) goes to
+ * Adds `tenants move <tenant> --to pool|schema|database [--schema name] [--connection name]`,
+ * with `--resume` and `--rollback` for a move that stopped: an online move of a tenant's rows
+ * between the shared tables, a dedicated schema and a dedicated database (see `moveTenant()`;
+ * dedicated databases' owner URLs come from `TENANTRY_CONNECTION_<NAME>_URL`). Progress (each step, rows per table) goes to
  * stderr; the report goes to stdout, as a summary or as JSON with `--json`.
  *
  * @example
@@ -42,11 +46,17 @@ export function addMoveCommands(
   tenants
     .command('move')
     .description(
-      "Move a tenant's rows between the shared tables and a dedicated schema, online (its writes are held for the switch only).",
+      "Move a tenant's rows between the shared tables, a dedicated schema and a dedicated database, online (its writes are held for the switch only).",
     )
     .argument('<tenant>', 'the tenant id or slug')
-    .addOption(new Option('--to <placement>', 'where to move it').choices(['pool', 'schema']))
+    .addOption(
+      new Option('--to <placement>', 'where to move it').choices(['pool', 'schema', 'database']),
+    )
     .option('--schema <name>', 'the dedicated schema to create (default t_<12 hex of the id>)')
+    .option(
+      '--connection <name>',
+      'with --to database: the connection name of the dedicated database (its owner URL in TENANTRY_CONNECTION_<NAME>_URL)',
+    )
     .option('--resume', 'finish the unfinished move of the tenant')
     .option('--rollback', 'undo the unfinished move of the tenant (before it switched)')
     .option('--fence-grace-ms <ms>', 'how long the pool stays fenced after a move out of it')
@@ -54,10 +64,20 @@ export function addMoveCommands(
     .action(async (tenant: string, flags: MoveFlags) => {
       const modes = [flags.to !== undefined, flags.resume === true, flags.rollback === true];
       if (modes.filter(Boolean).length !== 1) {
-        throw new UsageError('Say one of --to pool|schema, --resume or --rollback.');
+        throw new UsageError('Say one of --to pool|schema|database, --resume or --rollback.');
       }
       if (flags.schema !== undefined && flags.to !== 'schema') {
         throw new UsageError('--schema goes with --to schema.');
+      }
+      if ((flags.connection !== undefined) !== (flags.to === 'database')) {
+        throw new UsageError(
+          '--to database needs --connection <name>, and --connection goes with it only.',
+        );
+      }
+      if (flags.connection !== undefined && !process.env[connectionUrlVariable(flags.connection)]) {
+        throw new UsageError(
+          `Set ${connectionUrlVariable(flags.connection)} to the owner (or superuser) URL of the dedicated database of "${flags.connection}".`,
+        );
       }
       let fenceGraceMs: number | undefined;
       if (flags.fenceGraceMs !== undefined) {
@@ -71,6 +91,10 @@ export function addMoveCommands(
           connectionString: database.adminUrl,
           tenantId: await resolveTenant(database.adminUrl, tenant),
           sources: options.sources,
+          databases: await dedicatedDatabaseUrls(
+            database.adminUrl,
+            flags.connection === undefined ? [] : [flags.connection],
+          ),
           onProgress: printProgress,
           ...(fenceGraceMs === undefined ? {} : { fenceGraceMs }),
         };
@@ -78,8 +102,9 @@ export function addMoveCommands(
         if (flags.rollback === true) return rollbackTenantMove(common);
         return moveTenant({
           ...common,
-          to: flags.to as 'pool' | 'schema',
+          to: flags.to as 'pool' | 'schema' | 'database',
           ...(flags.schema === undefined ? {} : { schema: flags.schema }),
+          ...(flags.connection === undefined ? {} : { connection: flags.connection }),
         });
       });
       process.stdout.write(
@@ -102,8 +127,17 @@ function printProgress(progress: TenantMoveProgress): void {
 
 /** The human summary of a move report. */
 export function formatReport(report: TenantMoveReport): string {
+  const where = (
+    placement: string,
+    schema: string,
+    database: string | null,
+    connection: string | null,
+  ) =>
+    placement === 'database'
+      ? `${placement} ${database} via ${connection}`
+      : `${placement} (${schema})`;
   const head =
-    `tenant ${report.tenantId}: move ${report.moveId} ${report.from} (${report.fromSchema}) -> ${report.to} (${report.toSchema}) ${report.step}` +
+    `tenant ${report.tenantId}: move ${report.moveId} ${where(report.from, report.fromSchema, report.fromDatabase, report.fromConnection)} -> ${where(report.to, report.toSchema, report.toDatabase, report.toConnection)} ${report.step}` +
     (report.holdMs === null ? '' : `, writes held ${report.holdMs}ms`) +
     `, ${report.durationMs}ms\n`;
   if (report.tables.length === 0) return head;

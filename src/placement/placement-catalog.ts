@@ -93,12 +93,17 @@ export async function createSchemaPlacementRouter(
   });
 }
 
-/** A tenant placed in its own schema, and how far its migrations are. */
+/** A tenant placed in its own schema or in a dedicated database, and how far its migrations are. */
 export interface PlacementInfo {
   readonly tenantId: TenantId;
   readonly slug: string;
+  readonly kind: 'schema' | 'database';
+  /** The dedicated schema, or `public` in a dedicated database. */
   readonly schema: string;
-  /** Migration files applied to the schema. */
+  /** For a dedicated database: the connection name and the database name. */
+  readonly connection: string | null;
+  readonly database: string | null;
+  /** Migration files applied to the schema or database. */
   readonly appliedMigrations: number;
   /** The latest applied file, as `source/version`, or `null`. */
   readonly latestMigration: string | null;
@@ -106,7 +111,8 @@ export interface PlacementInfo {
 }
 
 /**
- * Lists the tenants placed in their own schema, with the migrations each has applied.
+ * Lists the tenants placed in their own schema or in a dedicated database, with the migrations
+ * each target has applied.
  *
  * @example
  * ```ts
@@ -131,18 +137,29 @@ export async function listPlacements(options: {
     const result = await client.query<{
       tenant_id: TenantId;
       slug: string;
-      schema_name: string;
+      schema_name: string | null;
+      connection_name: string | null;
+      database_name: string | null;
       applied: number;
       latest: string | null;
       created_at: Date;
     }>(
-      `select p.tenant_id, t.slug, p.schema_name, p.created_at,
-              (select count(*)::int from ${schema}.placement_migrations m where m.schema_name = p.schema_name) as applied,
-              (select m.source || '/' || m.version from ${schema}.placement_migrations m
-                where m.schema_name = p.schema_name order by m.applied_at desc, m.version desc limit 1) as latest
+      `select p.tenant_id, t.slug, p.schema_name, p.connection_name, p.database_name, p.created_at,
+              case when p.schema_name is not null
+                then (select count(*)::int from ${schema}.placement_migrations m where m.schema_name = p.schema_name)
+                else (select count(*)::int from ${schema}.database_placement_migrations m
+                       where m.connection_name = p.connection_name and m.database_name = p.database_name)
+              end as applied,
+              case when p.schema_name is not null
+                then (select m.source || '/' || m.version from ${schema}.placement_migrations m
+                       where m.schema_name = p.schema_name order by m.applied_at desc, m.version desc limit 1)
+                else (select m.source || '/' || m.version from ${schema}.database_placement_migrations m
+                       where m.connection_name = p.connection_name and m.database_name = p.database_name
+                       order by m.applied_at desc, m.version desc limit 1)
+              end as latest
          from ${schema}.tenant_placements p
          join ${schema}.tenants t on t.id = p.tenant_id
-        where p.schema_name is not null and ($1::uuid is null or p.tenant_id = $1::uuid)
+        where ($1::uuid is null or p.tenant_id = $1::uuid)
         order by t.slug`,
       [tenantId],
     );
@@ -150,7 +167,10 @@ export async function listPlacements(options: {
       Object.freeze({
         tenantId: row.tenant_id,
         slug: row.slug,
-        schema: row.schema_name,
+        kind: row.schema_name === null ? ('database' as const) : ('schema' as const),
+        schema: row.schema_name ?? 'public',
+        connection: row.connection_name,
+        database: row.database_name,
         appliedMigrations: row.applied,
         latestMigration: row.latest,
         placedAt: row.created_at,
