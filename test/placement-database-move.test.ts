@@ -19,7 +19,7 @@ import {
   withDatabase,
 } from 'tenantry';
 import { billingMigrationSource } from 'tenantry/billing';
-import { jobsMigrationSource } from 'tenantry/jobs';
+import { defineJob, enqueueJob, jobsMigrationSource } from 'tenantry/jobs';
 import {
   createPlacementRouter,
   createPoolRegistry,
@@ -502,6 +502,16 @@ describe('moves into and out of a dedicated database', () => {
       [pooled],
     );
     assert.equal(leak?.rows, '0');
+
+    // The job queue lives in the control database only: enqueueing from the dedicated database's
+    // unit of work is refused clearly instead of failing on a missing function.
+    const ping = defineJob<{ n: number }>('notes.ping', { run: async () => {} });
+    await assert.rejects(
+      tenantry.withTenant(placed, (db) => enqueueJob(db, ping, { n: 1 })),
+      (error: unknown) =>
+        isTenantryError(error, 'TENANTRY_ERR_CONFIG_INVALID') &&
+        /dedicated database/.test((error as Error).message),
+    );
   });
 
   for (const stopAt of ['provisioned', 'copied', 'held', 'switched', 'cleaned'] as const) {

@@ -172,7 +172,28 @@ function toEnqueueError(error: unknown): unknown {
       cause: error,
     });
   }
+  if (sqlStateOf(error) === '42883') {
+    // The unit runs in a database without the job queue: a tenant placed in a dedicated database.
+    return new TenantryError(
+      'TENANTRY_ERR_CONFIG_INVALID',
+      "This unit of work runs in a database without Tenantry's job queue (a tenant placed in a dedicated database): jobs of such tenants are not supported; place the tenant in the pool or a schema.",
+      { cause: error },
+    );
+  }
   return error;
+}
+
+function sqlStateOf(error: unknown): string | undefined {
+  for (let current = error, depth = 0; current !== undefined && depth < 5; depth++) {
+    if (typeof current !== 'object' || current === null) return undefined;
+    const code = (current as { code?: unknown; details?: { sqlState?: unknown } }).details
+      ?.sqlState;
+    if (typeof code === 'string') return code;
+    const own = (current as { code?: unknown }).code;
+    if (typeof own === 'string' && /^[0-9A-Z]{5}$/.test(own)) return own;
+    current = (current as { cause?: unknown }).cause;
+  }
+  return undefined;
 }
 
 /** The `hint` of the database error behind `error`, if any (Tenantry's own refusals set one). */

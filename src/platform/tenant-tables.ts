@@ -178,7 +178,7 @@ export async function listTenantTablesOf(
   if (row.placement !== 'pool' && row.placement !== 'schema') {
     throw new TenantryError(
       lifecycleErrorCodes.stateConflict,
-      `Tenant ${id} is placed in a dedicated database (${row.placement}); its tables are not in this one.`,
+      `Tenant ${id} is placed in a dedicated database (${row.placement}); its tables are not in this one. Move it to the pool first ("tenantry tenants move ${id} --to pool").`,
       { details: { placement: row.placement } },
     );
   }
