@@ -114,6 +114,25 @@ export async function buildApp(options: BuildAppOptions): Promise<AppInstance> {
   // The documentation routes need no workspace.
   app.addHook('onRoute', (route) => {
     if (route.url.startsWith('/docs')) route.config = { ...route.config, tenant: 'none' };
+    // OpenAPI needs every path placeholder declared: routes served under /t/:workspace with a
+    // params schema of their own get the workspace parameter added to it.
+    const params = route.schema?.params as
+      | { type?: unknown; properties?: Record<string, unknown>; required?: string[] }
+      | undefined;
+    if (
+      route.url.includes('/:workspace/') &&
+      params?.type === 'object' &&
+      params.properties?.workspace === undefined
+    ) {
+      route.schema = {
+        ...route.schema,
+        params: {
+          ...params,
+          properties: { ...params.properties, workspace: { type: 'string' } },
+          required: [...(params.required ?? []), 'workspace'],
+        },
+      };
+    }
   });
 
   await app.register(swagger, {

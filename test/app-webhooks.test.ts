@@ -226,6 +226,26 @@ describe('POST /t/:workspace/webhooks/inbound', () => {
     assert.deepEqual(row, { messages: 1, contacts: 1, conversations: 1 });
   });
 
+  test('concurrent deliveries of one message id claiming other senders and times store it once', async () => {
+    const messageId = `wamid.${randomUUID()}`;
+    const responses = await Promise.all(
+      Array.from({ length: 4 }, (_, index) =>
+        deliver(a.slug, payload({ messageId, timestamp: nowSec() - 5 - index }), {
+          secret: secretOf(a),
+        }),
+      ),
+    );
+    for (const response of responses) assert.equal(response.statusCode, 200, response.body);
+    const statuses = responses.map((response) => bodyOf(response).status).sort();
+    assert.deepEqual(statuses, ['accepted', 'duplicate', 'duplicate', 'duplicate']);
+    const [row] = await queryAsAdmin<{ messages: number }>(
+      testApp,
+      'select count(*)::int as messages from messages where provider_message_id = $1',
+      [messageId],
+    );
+    assert.equal(row?.messages, 1);
+  });
+
   test("reuses the sender's contact and open conversation; a closed one is not reopened", async () => {
     const from = payload().from;
     const first = await deliver(a.slug, payload({ from }), { secret: secretOf(a) });

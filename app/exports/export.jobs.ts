@@ -1,4 +1,4 @@
-import { isUuid, TenantryError } from 'tenantry';
+import { isTenantryError, isUuid, TenantryError } from 'tenantry';
 import { defineJob, type JobDefinition, type JobSchedule } from 'tenantry/jobs';
 import type { AppDatabase } from '../database.ts';
 import type { AppStorage } from '../files/app-storage.ts';
@@ -78,9 +78,12 @@ export function createStorageJobs(files: AppStorage): StorageJobs {
         });
       } catch (error) {
         if (ctx.attempt < ctx.maxAttempts) throw error;
+        ctx.logger.error({ exportId: row.id, err: error }, 'contacts export failed for good');
         await finishExport(ctx.db, row.id, {
           status: 'failed',
-          error: error instanceof Error ? error.message : String(error),
+          // Shown to the workspace: a coded error's message is written for clients; any other
+          // text (a driver's, naming hosts or buckets) stays in the logs.
+          error: isTenantryError(error) ? error.message : 'The export file could not be written.',
         });
       }
     },

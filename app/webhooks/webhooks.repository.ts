@@ -39,6 +39,25 @@ export async function lockInboundSender(
 }
 
 /**
+ * Serialises the deliveries of one provider message id in the workspace until the transaction
+ * ends, whoever they claim to come from: the duplicate check that follows then sees the first
+ * delivery's message. Taken before {@link lockInboundSender}, always in that order.
+ *
+ * @example
+ * ```ts
+ * await lockInboundMessage(db, tenantId, 'SM123');
+ * ```
+ */
+export async function lockInboundMessage(
+  db: Kysely<AppDatabase>,
+  tenantId: string,
+  messageId: string,
+): Promise<void> {
+  const key = `inbound-message:${tenantId}:${messageId}`;
+  await sql`select pg_advisory_xact_lock(hashtextextended(${key}, 0))`.execute(db);
+}
+
+/**
  * Returns the id of the tenant's contact with this phone number, creating the contact (named
  * `name`) when there is none.
  *

@@ -9,6 +9,7 @@ import { findMessageByProviderId, insertMessage } from '../messages/messages.rep
 import {
   findOpenConversationId,
   findOrCreateContactByPhone,
+  lockInboundMessage,
   lockInboundSender,
 } from './webhooks.repository.ts';
 
@@ -59,6 +60,8 @@ export async function receiveInboundMessage(
   inbound: InboundMessage,
 ): Promise<InboundResult> {
   const createdAt = parseTimestamp(inbound.timestamp);
+  // Redeliveries of one message may claim other senders: serialise on the message id too.
+  await lockInboundMessage(db, tenantId, inbound.messageId);
   await lockInboundSender(db, tenantId, inbound.from);
   const previous = await findMessageByProviderId(db, inbound.messageId);
   if (previous !== undefined) return { status: 'duplicate', messageId: previous.id };

@@ -44,6 +44,15 @@ export interface S3StorageDriverOptions {
     readonly sessionToken?: string;
   };
   /**
+   * How long one request to S3 may take before it fails (the SDK then retries it), in
+   * milliseconds: a store that accepts connections but never answers must not hold a request,
+   * and the database transaction around it, forever.
+   * @defaultValue 30000
+   */
+  readonly requestTimeoutMs?: number;
+  /** How long connecting to S3 may take, in milliseconds. @defaultValue 5000 */
+  readonly connectionTimeoutMs?: number;
+  /**
    * A client to use instead of building one. It must be configured with
    * `requestChecksumCalculation: 'WHEN_REQUIRED'`; the driver does not destroy it on `close()`.
    */
@@ -106,6 +115,12 @@ export function createS3StorageDriver(options: S3StorageDriverOptions): StorageD
       // PUT URLs, so S3 would refuse every upload of real bytes.
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
+      // The SDK's defaults wait forever for a connection and for an answer.
+      requestHandler: {
+        connectionTimeout: options.connectionTimeoutMs ?? 5_000,
+        requestTimeout: options.requestTimeoutMs ?? 30_000,
+        throwOnRequestTimeout: true,
+      },
     });
   let checksumChecked = ownsClient ? Promise.resolve() : undefined;
 
@@ -213,7 +228,7 @@ export function createS3StorageDriver(options: S3StorageDriverOptions): StorageD
         });
       } catch (error) {
         if (isNotFound(error)) return undefined;
-        throw error;
+        throw unavailable(error);
       }
     },
 
@@ -266,15 +281,17 @@ export function createS3StorageDriver(options: S3StorageDriverOptions): StorageD
           'The body does not have the declared SHA-256.',
         );
       }
-      await client.send(
-        new PutObjectCommand({
-          Bucket: bucket,
-          Key: key,
-          Body: Buffer.concat(chunks),
-          ContentType: expected.contentType,
-          ContentLength: size,
-          ChecksumSHA256: checksum,
-        }),
+      await reachStore(
+        client.send(
+          new PutObjectCommand({
+            Bucket: bucket,
+            Key: key,
+            Body: Buffer.concat(chunks),
+            ContentType: expected.contentType,
+            ContentLength: size,
+            ChecksumSHA256: checksum,
+          }),
+        ),
       );
       return Object.freeze({
         size,
@@ -285,7 +302,7 @@ export function createS3StorageDriver(options: S3StorageDriverOptions): StorageD
 
     async delete(key: string): Promise<void> {
       parseDriverKey(key);
-      await client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }));
+      await reachStore(client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key })));
     },
 
     async deletePrefix(prefix: string): Promise<number> {
@@ -293,23 +310,27 @@ export function createS3StorageDriver(options: S3StorageDriverOptions): StorageD
       let deleted = 0;
       let continuationToken: string | undefined;
       do {
-        const page = await client.send(
-          new ListObjectsV2Command({
-            Bucket: bucket,
-            Prefix: prefix,
-            MaxKeys: deleteBatchSize,
-            ContinuationToken: continuationToken,
-          }),
+        const page = await reachStore(
+          client.send(
+            new ListObjectsV2Command({
+              Bucket: bucket,
+              Prefix: prefix,
+              MaxKeys: deleteBatchSize,
+              ContinuationToken: continuationToken,
+            }),
+          ),
         );
         const keys = (page.Contents ?? [])
           .map((object) => object.Key)
           .filter((key): key is string => key?.startsWith(prefix) === true);
         if (keys.length > 0) {
-          const result = await client.send(
-            new DeleteObjectsCommand({
-              Bucket: bucket,
-              Delete: { Objects: keys.map((Key) => ({ Key })), Quiet: true },
-            }),
+          const result = await reachStore(
+            client.send(
+              new DeleteObjectsCommand({
+                Bucket: bucket,
+                Delete: { Objects: keys.map((Key) => ({ Key })), Quiet: true },
+              }),
+            ),
           );
           const failure = result.Errors?.[0];
           if (failure !== undefined) {
@@ -409,6 +430,32 @@ function encodeRfc5987(value: string): string {
   return encodeURIComponent(value).replace(
     /['()*]/g,
     (character) => `%${character.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
+}
+
+/** A request to the store, its failure mapped by {@link unavailable}. */
+function reachStore<T>(request: Promise<T>): Promise<T> {
+  return request.catch((error: unknown) => {
+    throw unavailable(error);
+  });
+}
+
+/**
+ * A request that got no answer (refused, reset, timed out) or a 5xx or throttling answer means
+ * the store is unavailable: `TENANTRY_ERR_STORAGE_UNAVAILABLE` (503, retried by jobs), the cause
+ * kept for the logs and its text (addresses, bucket names) never shown to clients. S3's other
+ * answers are returned unchanged.
+ */
+function unavailable(error: unknown): unknown {
+  if (error instanceof TenantryError) return error;
+  if (error instanceof S3ServiceException) {
+    const status = error.$metadata.httpStatusCode;
+    if (status !== undefined && status < 500 && status !== 429) return error;
+  }
+  return new TenantryError(
+    'TENANTRY_ERR_STORAGE_UNAVAILABLE',
+    'The file store is unavailable; try again shortly.',
+    { cause: error },
   );
 }
 

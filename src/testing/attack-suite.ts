@@ -171,6 +171,14 @@ export interface AttackAttempt {
   readonly outcome: 'refused' | 'answered' | 'finding';
 }
 
+/** A request of tenant B on its own objects, sent before the attacks it vouches for. */
+export interface AttackControl {
+  /** `'path ids of B'` or the attacked body property, such as `'body /contactId'`. */
+  readonly target: string;
+  readonly url: string;
+  readonly status: number;
+}
+
 /** Everything the suite did to one operation of the document. */
 export interface AttackOperationReport {
   /** `'GET /v1/contacts/{id}'` */
@@ -182,10 +190,11 @@ export interface AttackOperationReport {
   readonly reason?: string;
   readonly attempts: readonly AttackAttempt[];
   /**
-   * Tenant B's request on its own objects (for operations with id parameters, `DELETE` aside),
-   * which shows the refusals come from the tenant boundary rather than from a bad request.
+   * Tenant B's requests on its own objects: the operation with B's ids in the path (`DELETE`
+   * aside) and each body attack with B's own id in the attacked property. A 2xx shows the
+   * attacks' refusals come from the tenant boundary rather than from a malformed request.
    */
-  readonly control?: { readonly url: string; readonly status: number };
+  readonly controls: readonly AttackControl[];
   /** Limits of the coverage of this operation (no value of A for a parameter, …). */
   readonly notes: readonly string[];
   readonly findings: number;
@@ -208,7 +217,7 @@ export interface TenantAttackReport {
   readonly operations: readonly AttackOperationReport[];
   readonly findings: readonly AttackFinding[];
   readonly setup: readonly AttackSetupStep[];
-  /** Requests sent as tenant B with A's ids, values or addresses (set-up excluded). */
+  /** Attack requests sent as tenant B (set-up and controls excluded). */
   readonly attempts: number;
   /** How many distinct ids and values of tenant A were searched for in B's responses. */
   readonly tenantAValues: number;
@@ -534,11 +543,11 @@ interface TenantState {
 interface PlannedAttack {
   readonly kind: AttackKind;
   readonly target: string;
-  readonly url: string;
-  readonly headers: Record<string, string>;
+  readonly path: Readonly<Record<string, string>>;
+  readonly query: readonly [string, string][];
   readonly body: unknown;
-  /** Tenant A's values the request itself carries (not a leak when echoed in an error). */
-  readonly carried: ReadonlySet<string>;
+  /** Whose ETag goes in `If-Match` (A's when the path names A's object). */
+  readonly etagFrom: TenantState;
 }
 
 const methodOrder = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
@@ -577,7 +586,7 @@ class AttackRun {
     string,
     {
       attempts: AttackAttempt[];
-      control?: { url: string; status: number };
+      controls: AttackControl[];
       notes: string[];
       findings: number;
     }
@@ -648,7 +657,7 @@ class AttackRun {
         status: operation.skipReason === undefined ? 'attacked' : 'skipped',
         ...(operation.skipReason === undefined ? {} : { reason: operation.skipReason }),
         attempts: Object.freeze([...(entry?.attempts ?? [])]),
-        ...(entry?.control === undefined ? {} : { control: entry.control }),
+        controls: Object.freeze([...(entry?.controls ?? [])]),
         notes: Object.freeze([...(entry?.notes ?? [])]),
         findings: entry?.findings ?? 0,
       });
@@ -666,7 +675,7 @@ class AttackRun {
   #entry(key: string) {
     let entry = this.#reports.get(key);
     if (entry === undefined) {
-      entry = { attempts: [], notes: [], findings: 0 };
+      entry = { attempts: [], controls: [], notes: [], findings: 0 };
       this.#reports.set(key, entry);
     }
     return entry;
@@ -887,8 +896,13 @@ class AttackRun {
     return texts;
   }
 
+  /** The body levels to try for an operation, the one that last worked first. */
   *#levelsFor(state: TenantState, operation: ParsedOperation): Iterable<BodyLevel> {
     const known = state.bodyLevels.get(operation.resourceKey);
+    if (operation.route.body !== undefined || operation.bodySchema === undefined) {
+      yield known ?? 'full';
+      return;
+    }
     if (known !== undefined) yield known;
     for (const level of bodyLevels) if (level !== known) yield level;
   }
@@ -1062,9 +1076,7 @@ class AttackRun {
     if (idPlaceholders.length > 0 && operation.method !== 'DELETE') {
       const url = fillPath(operation.path, bPath);
       let status = 0;
-      for (const candidate of operation.bodySchema === undefined
-        ? [level]
-        : this.#levelsFor(b, operation)) {
+      for (const candidate of this.#levelsFor(b, operation)) {
         level = candidate;
         const body = bBody();
         const headers = this.#headersFor(b, operation, resourceUrl(operation, bPath), body);
@@ -1078,7 +1090,7 @@ class AttackRun {
         if (response !== undefined) this.#rememberEtag(b, operation, bPath, response);
         if (status >= 200 && status < 300) break;
       }
-      entry.control = { url, status };
+      entry.controls.push({ target: 'path ids of B', url, status });
       if (status < 200 || status >= 300) {
         entry.notes.push(
           `tenant B's own request answered ${status}: refusals of this operation may not come from the tenant boundary`,
@@ -1095,11 +1107,7 @@ class AttackRun {
       body: unknown,
       etagFrom: TenantState = b,
     ) => {
-      const url = fillPath(operation.path, path) + queryString(query);
-      const headers = this.#headersFor(etagFrom, operation, resourceUrl(operation, path), body);
-      const requestText = `${url}\n${body === undefined ? '' : JSON.stringify(body)}`.toLowerCase();
-      const carried = new Set(this.#aValues.filter((value) => requestText.includes(value)));
-      planned.push({ kind, target, url, headers, body, carried });
+      planned.push({ kind, target, path, query, body, etagFrom });
     };
 
     if (idPlaceholders.length === 0) plan('plain', 'tenant B as itself', bPath, [], bBody());
@@ -1131,6 +1139,7 @@ class AttackRun {
         plan('tenant-address', `path {${name}} and ids of A`, withIds, [], bBody(), a);
       }
     }
+    const queryBody = () => (writeMethods.has(operation.method) ? bBody() : undefined);
     const cursorKey = resourceUrl(
       operation,
       Object.fromEntries(idPlaceholders.map((name) => [name, aPathValues.get(name)?.[0] ?? ''])),
@@ -1147,7 +1156,7 @@ class AttackRun {
           `query ${parameter.name} (A's cursor)`,
           bPath,
           [[parameter.name, cursor]],
-          undefined,
+          queryBody(),
         );
         continue;
       }
@@ -1168,7 +1177,7 @@ class AttackRun {
         ];
       }
       for (const value of values.slice(0, maxIds)) {
-        plan('query-id', `query ${parameter.name}`, bPath, [[parameter.name, value]], undefined);
+        plan('query-id', `query ${parameter.name}`, bPath, [[parameter.name, value]], queryBody());
       }
     }
     if (operation.bodySchema !== undefined) {
@@ -1185,13 +1194,24 @@ class AttackRun {
           continue;
         }
         const [bId] = b.idsByStem.get(slot.stem) ?? [];
+        const target = `body /${slot.pointer.join('/')}`;
+        const slotLevel =
+          bId === undefined
+            ? undefined
+            : await this.#bodyControl(operation, bPath, slot, bId, target);
+        if (slotLevel === undefined) {
+          entry.notes.push(
+            `no body carrying tenant B's own ${target} was accepted: the attack may stop at validation`,
+          );
+        }
+        const body = slotLevel === undefined ? base() : this.#bodyFor(b, operation, slotLevel);
         const value = slot.array ? (bId === undefined ? [aId] : [bId, aId]) : aId;
         plan(
           'body-id',
-          `body /${slot.pointer.join('/')}${slot.array && bId !== undefined ? " (B's and A's)" : ''}`,
+          `${target}${slot.array && bId !== undefined ? " (B's and A's)" : ''}`,
           bPath,
           [],
-          withValueAt(base(), slot.pointer, value),
+          withValueAt(isObject(body) ? body : {}, slot.pointer, value),
         );
       }
       const tenantId = a.credentials.tenantId;
@@ -1208,6 +1228,42 @@ class AttackRun {
     }
 
     for (const attack of planned) await this.#execute(operation, attack);
+  }
+
+  /**
+   * Finds a body level at which tenant B's own id in `slot` is accepted (2xx), so that the attack
+   * with A's id differs from a working request in that id alone.
+   */
+  async #bodyControl(
+    operation: ParsedOperation,
+    path: Record<string, string>,
+    slot: IdSlot,
+    bId: string,
+    target: string,
+  ): Promise<BodyLevel | undefined> {
+    const b = this.#b;
+    const url = fillPath(operation.path, path);
+    let status = 0;
+    for (const level of this.#levelsFor(b, operation)) {
+      const built = this.#bodyFor(b, operation, level);
+      if (built === unbuildable || !isObject(built)) continue;
+      const body = withValueAt(built, slot.pointer, slot.array ? [bId] : bId);
+      const headers = this.#headersFor(b, operation, resourceUrl(operation, path), body);
+      const response = await this.#send(b, operation.key, {
+        method: operation.method,
+        url,
+        headers,
+        body,
+      });
+      status = response?.status ?? 0;
+      if (response !== undefined) this.#rememberEtag(b, operation, path, response);
+      if (status >= 200 && status < 300) {
+        this.#entry(operation.key).controls.push({ target, url, status });
+        return level;
+      }
+    }
+    this.#entry(operation.key).controls.push({ target, url, status });
+    return undefined;
   }
 
   #headersFor(
@@ -1241,13 +1297,25 @@ class AttackRun {
     }
   }
 
-  async #execute(operation: ParsedOperation, attack: PlannedAttack): Promise<void> {
+  async #execute(operation: ParsedOperation, planned: PlannedAttack): Promise<void> {
     this.#attempts += 1;
+    const url = fillPath(operation.path, planned.path) + queryString(planned.query);
     const request: AttackRequest = {
       method: operation.method,
-      url: attack.url,
-      headers: attack.headers,
-      ...(attack.body === undefined ? {} : { body: attack.body }),
+      url,
+      headers: this.#headersFor(
+        planned.etagFrom,
+        operation,
+        resourceUrl(operation, planned.path),
+        planned.body,
+      ),
+      ...(planned.body === undefined ? {} : { body: planned.body }),
+    };
+    const requestText =
+      `${url}\n${safeDecode(url)}\n${planned.body === undefined ? '' : JSON.stringify(planned.body)}`.toLowerCase();
+    const attack = {
+      ...planned,
+      carried: new Set(this.#aValues.filter((value) => requestText.includes(value))),
     };
     const findingsBefore = this.#findings.length;
     const where = `${request.method} ${request.url}`;
@@ -2231,6 +2299,14 @@ function excerpt(text: string, needle: string): string {
 function truncate(text: string, length: number): string {
   const flat = text.replace(/\s+/g, ' ').trim();
   return flat.length <= length ? flat : `${flat.slice(0, length)}…`;
+}
+
+function safeDecode(url: string): string {
+  try {
+    return decodeURIComponent(url.replaceAll('+', ' '));
+  } catch {
+    return url;
+  }
 }
 
 function escapeRegExp(text: string): string {

@@ -1,5 +1,6 @@
 export {
   type AttackAttempt,
+  type AttackControl,
   type AttackFinding,
   type AttackFindingKind,
   type AttackFixtureContext,
