@@ -514,6 +514,87 @@ describe('moves into and out of a dedicated database', () => {
     );
   });
 
+  test('two tenants sharing a dedicated database stay apart under RLS there', async () => {
+    const a = await seedTenant('share-a');
+    const b = await seedTenant('share-b');
+    for (const tenantId of [a, b]) {
+      await moveTenant({
+        connectionString: controlAdminUrl,
+        tenantId,
+        to: 'database',
+        connection: 'eu_1',
+        sources,
+        databases,
+        fenceGraceMs: 0,
+      });
+    }
+    const [bNote] = await query<{ id: string }>(
+      dedicatedAdminUrl,
+      'select id::text from notes where tenant_id = $1 limit 1',
+      [b],
+    );
+    assert.ok(bNote);
+    const before = await checksums(b, dedicatedAdminUrl, 'public');
+    await tenantry.withTenant(a, async (db) => {
+      for (const table of tables) {
+        const rows = await db
+          .selectFrom(table)
+          .select('tenant_id')
+          .where('tenant_id', '=', b)
+          .execute();
+        assert.deepEqual(rows, [], `${table}: B's rows are invisible to A`);
+      }
+      const seen = await db.selectFrom('notes').select('tenant_id').distinct().execute();
+      assert.deepEqual(seen, [{ tenant_id: a }]);
+      const updated = await db
+        .updateTable('notes')
+        .set({ body: 'hijacked' })
+        .where('id', '=', bNote.id)
+        .executeTakeFirst();
+      assert.equal(updated.numUpdatedRows, 0n);
+      const deleted = await db.deleteFrom('comments').where('tenant_id', '=', b).executeTakeFirst();
+      assert.equal(deleted.numDeletedRows, 0n);
+    });
+    await assert.rejects(
+      tenantry.withTenant(a, (db) =>
+        db
+          .insertInto('notes')
+          .values({
+            tenant_id: b,
+            id: randomUUID(),
+            body: 'planted',
+            score: 0,
+            labels: [],
+            payload: null,
+          })
+          .execute(),
+      ),
+      (error: unknown) => isTenantryError(error) && /tenant_id other than/.test(error.message),
+    );
+    // Below the query guard, RLS in the dedicated database refuses it too.
+    await assert.rejects(
+      withClient(dedicatedAppUrl, async (client) => {
+        await client.query('begin');
+        await client.query(`select set_config('tenantry.tenant_id', $1, true)`, [a]);
+        await client.query(
+          `insert into notes (tenant_id, id, body, score, labels) values ($1, gen_random_uuid(), 'planted', 0, '{}')`,
+          [b],
+        );
+      }),
+      (error: unknown) => (error as { code?: string }).code === '42501',
+    );
+    // A comment of A pointing at B's note fails like a reference to a missing row.
+    await assert.rejects(
+      tenantry.withTenant(a, (db) =>
+        db
+          .insertInto('comments')
+          .values({ id: randomUUID(), note_id: bNote.id, body: 'cross' })
+          .execute(),
+      ),
+    );
+    assert.deepEqual(await checksums(b, dedicatedAdminUrl, 'public'), before);
+  });
+
   for (const stopAt of ['provisioned', 'copied', 'held', 'switched', 'cleaned'] as const) {
     test(`a move into a database stopped after "${stopAt}" resumes to one copy`, async () => {
       const tenantId = await seedTenant(`crash-${stopAt}`);
