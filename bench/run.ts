@@ -2,14 +2,24 @@
  * `npm run bench` runs every benchmark, each in a child process of its own, and writes what they
  * print, the machine's details and the command reproducing each into the generated section of
  * docs/benchmarks.md. `npm run bench -- <name>` runs one benchmark in this process and only
- * prints. In the run of every benchmark, `scale` loads 1,000,000 messages per database instead
- * of its default 10,000,000 (about 15 minutes per database to load on a 2-core machine): set
- * BENCH_SCALE_MESSAGES to choose.
+ * prints; `npm run bench -- --write <name>...` runs those and rewrites the section with the last
+ * run of every other benchmark (kept in .tenantry/bench-results/). In these runs `scale` loads
+ * 1,000,000 messages per database instead of its default 10,000,000 (about 15 minutes per
+ * database to load on a 2-core machine): set BENCH_SCALE_MESSAGES to choose.
  */
 import { spawn } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { formatMachine, type MachineDetails, machineDetails, writeDocSection } from './report.ts';
+import {
+  busyMachineNote,
+  cpuBusyPercent,
+  formatMachine,
+  type MachineDetails,
+  machineDetails,
+  writeDocSection,
+} from './report.ts';
 
 interface Benchmark {
   readonly load: () => Promise<{ run: () => Promise<void> }>;
@@ -86,50 +96,90 @@ interface Outcome {
   readonly name: string;
   readonly exitCode: number;
   readonly seconds: number;
+  /** The machine's 1-minute load average just before it started. */
   readonly loadAverage: number;
+  /** Share of the CPUs busy in the second before it started (other work); absent in old results. */
+  readonly cpuBusyBefore?: number;
+  readonly startedAt: string;
+  /** The machine it ran on, without load or date. */
+  readonly machine: string;
   readonly stdout: string;
   readonly stderrTail: string;
 }
 
-const name = process.argv[2];
-if (name === undefined) {
-  process.exitCode = await runAll();
-} else {
-  const benchmark = benchmarks[name];
-  if (benchmark === undefined) {
-    console.error(
-      `usage: npm run bench [-- <name>]   (every benchmark, or one of: ${Object.keys(benchmarks).join(', ')})`,
-    );
+/** The last outcome of each benchmark, kept so a partial run can rewrite the whole section. */
+const resultsDirectory = '.tenantry/bench-results';
+const usage =
+  'usage: npm run bench                          every benchmark, rewrites docs/benchmarks.md\n' +
+  '       npm run bench -- <name>                one benchmark, printed only\n' +
+  '       npm run bench -- --write <name>...     those benchmarks, then rewrites docs/benchmarks.md\n' +
+  `                                              with the last run of the others\n(names: ${Object.keys(benchmarks).join(', ')})`;
+
+const args = process.argv.slice(2);
+if (args.length === 0) {
+  process.exitCode = await runAndWrite(Object.keys(benchmarks));
+} else if (args[0] === '--write') {
+  const names = args.slice(1);
+  if (names.length === 0 || names.some((benchName) => benchmarks[benchName] === undefined)) {
+    console.error(usage);
     process.exit(2);
   }
-  await (await benchmark.load()).run();
+  process.exitCode = await runAndWrite(names);
+} else {
+  const benchmark = args.length === 1 ? benchmarks[args[0] as string] : undefined;
+  if (benchmark === undefined) {
+    console.error(usage);
+    process.exit(2);
+  }
+  await benchmark.load().then((module) => module.run());
 }
 
-/** Runs every benchmark in turn, then writes docs/benchmarks.md; returns the exit code. */
-async function runAll(): Promise<number> {
-  const machine = machineDetails();
+/**
+ * Runs the named benchmarks in turn, each in a child process, keeps their outcomes, then writes
+ * the generated section of docs/benchmarks.md from the last outcome of every benchmark; returns
+ * the exit code.
+ */
+async function runAndWrite(names: readonly string[]): Promise<number> {
+  const machine = await machineDetails();
   const started = performance.now();
-  const outcomes: Outcome[] = [];
-  for (const [benchName, benchmark] of Object.entries(benchmarks)) {
+  await mkdir(resultsDirectory, { recursive: true });
+  let failed = 0;
+  for (const benchName of names) {
+    const benchmark = benchmarks[benchName] as Benchmark;
     process.stderr.write(`\n=== bench ${benchName} (${benchmark.command})\n`);
-    outcomes.push(await runChild(benchName, benchmark));
+    const outcome = await runChild(benchName, benchmark, machine);
+    if (outcome.exitCode !== 0) failed++;
+    await writeFile(join(resultsDirectory, `${benchName}.json`), JSON.stringify(outcome));
   }
   const minutes = (performance.now() - started) / 60_000;
-  await writeDocSection('bench-latest', render(machine, outcomes, minutes), {
+  const outcomes = new Map<string, Outcome>();
+  for (const benchName of Object.keys(benchmarks)) {
+    const stored = await readFile(join(resultsDirectory, `${benchName}.json`), 'utf8').then(
+      (text) => JSON.parse(text) as Outcome,
+      () => undefined,
+    );
+    if (stored !== undefined) outcomes.set(benchName, stored);
+  }
+  await writeDocSection('bench-latest', render(machine, outcomes, names), {
     before: '## `context`: tenant-scoped point lookup',
   });
-  const failed = outcomes.filter((outcome) => outcome.exitCode !== 0);
   process.stderr.write(
-    `\nbench: ${outcomes.length - failed.length} passed, ${failed.length} failed in ${minutes.toFixed(1)} min; docs/benchmarks.md updated\n`,
+    `\nbench: ${names.length - failed} passed, ${failed} failed in ${minutes.toFixed(1)} min; docs/benchmarks.md updated\n`,
   );
-  return failed.length === 0 ? 0 : 1;
+  return failed === 0 ? 0 : 1;
 }
 
 /** Runs one benchmark as `node bench/run.ts <name>`, echoing and keeping its output. */
-function runChild(benchName: string, benchmark: Benchmark): Promise<Outcome> {
+async function runChild(
+  benchName: string,
+  benchmark: Benchmark,
+  machine: MachineDetails,
+): Promise<Outcome> {
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const [key, value] of Object.entries(benchmark.allRunEnv ?? {})) env[key] ??= value;
+  const cpuBusyBefore = await cpuBusyPercent(1000);
   const loadAverage = Number((os.loadavg()[0] ?? 0).toFixed(2));
+  const startedAt = new Date().toISOString();
   const started = performance.now();
   const child = spawn(
     process.execPath,
@@ -154,6 +204,9 @@ function runChild(benchName: string, benchmark: Benchmark): Promise<Outcome> {
         exitCode: code ?? (signal === null ? 1 : 128),
         seconds: (performance.now() - started) / 1000,
         loadAverage,
+        cpuBusyBefore,
+        startedAt,
+        machine: machineWithoutLoad(machine),
         stdout: Buffer.concat(stdout).toString('utf8'),
         stderrTail: stderr.split('\n').slice(-30).join('\n'),
       });
@@ -185,41 +238,83 @@ function headline(json: Record<string, unknown> | undefined): string {
     .join(', ');
 }
 
-function render(machine: MachineDetails, outcomes: readonly Outcome[], minutes: number): string {
+/** The machine line without what changes from one run to the next (load, date). */
+function machineWithoutLoad(machine: MachineDetails): string {
+  return formatMachine(machine).replace(/, load average .*$/, '');
+}
+
+function busyBefore(outcome: Outcome): string {
+  return outcome.cpuBusyBefore === undefined ? 'not measured' : `${outcome.cpuBusyBefore} %`;
+}
+
+function when(iso: string): string {
+  return `${iso.slice(0, 16).replace('T', ' ')} UTC`;
+}
+
+function render(
+  machine: MachineDetails,
+  outcomes: ReadonlyMap<string, Outcome>,
+  ranNow: readonly string[],
+): string {
+  const shown = [...outcomes.values()];
+  const all = ranNow.length === Object.keys(benchmarks).length;
   const lines: string[] = [
     '## Latest run of every benchmark',
     '',
-    `Generated by \`npm run bench\` (every benchmark in turn, ${minutes.toFixed(0)} min). ` +
-      'Each benchmark starts its own embedded PostgreSQL and measures Tenantry and its baseline in ' +
+    `Generated by \`npm run bench\` on ${when(machine.date)}` +
+      (all
+        ? ' (every benchmark in turn).'
+        : ` (\`--write ${ranNow.join(' ')}\`; the other benchmarks are from their last run, see "run at").`) +
+      ' Each benchmark starts its own embedded PostgreSQL and measures Tenantry and its baseline in ' +
       'the same process, in interleaved rounds: compare the ratios within a run; absolute rates move ' +
-      'with whatever else the machine is doing (the 1-minute load average before each benchmark is ' +
-      'given; on an idle 2-core machine it is below 0.5).',
+      'with whatever else the machine is doing ("CPU busy before": the share of the CPUs other work ' +
+      'took in the second before the benchmark started; near 0 on a quiet machine).',
     '',
-    `Machine: ${formatMachine(machine)}.`,
+    `Machine: ${machineWithoutLoad(machine)}.`,
     '',
-    '| benchmark | what | headline (from its JSON line) | time | load before | reproduce |',
-    '| --- | --- | --- | --: | --: | --- |',
   ];
-  for (const outcome of outcomes) {
-    const benchmark = benchmarks[outcome.name] as Benchmark;
+  // Results kept from before the CPU was sampled: the load average per core stands in.
+  const note = busyMachineNote(
+    shown.map(
+      (outcome) =>
+        outcome.cpuBusyBefore ??
+        Math.min(100, Math.round((outcome.loadAverage / machine.cores) * 100)),
+    ),
+  );
+  if (note !== undefined) lines.push(note, '');
+  lines.push(
+    '| benchmark | what | headline (from its JSON line) | run at | time | CPU busy before | reproduce |',
+    '| --- | --- | --- | --- | --: | --: | --- |',
+  );
+  for (const [benchName, benchmark] of Object.entries(benchmarks)) {
+    const outcome = outcomes.get(benchName);
+    if (outcome === undefined) {
+      lines.push(
+        `| ${benchName} | ${benchmark.title} | not run yet | | | | \`${benchmark.command}\` |`,
+      );
+      continue;
+    }
     const result =
       outcome.exitCode === 0
         ? headline(lastJson(outcome.stdout))
         : `**failed** (exit ${outcome.exitCode})`;
     lines.push(
-      `| [${outcome.name}](#latest-${outcome.name}) | ${benchmark.title} | ${result} | ` +
-        `${(outcome.seconds / 60).toFixed(1)} min | ${outcome.loadAverage} | \`${benchmark.command}\` |`,
+      `| [${benchName}](#latest-${benchName}) | ${benchmark.title} | ${result} | ${when(outcome.startedAt)} | ` +
+        `${(outcome.seconds / 60).toFixed(1)} min | ${busyBefore(outcome)} | \`${benchmark.command}\` |`,
     );
   }
-  for (const outcome of outcomes) {
-    const benchmark = benchmarks[outcome.name] as Benchmark;
+  for (const [benchName, benchmark] of Object.entries(benchmarks)) {
+    const outcome = outcomes.get(benchName);
+    if (outcome === undefined) continue;
     lines.push(
       '',
-      `<a id="latest-${outcome.name}"></a>`,
+      `<a id="latest-${benchName}"></a>`,
       '',
-      `### Latest \`${outcome.name}\``,
+      `### Latest \`${benchName}\``,
       '',
-      `\`${benchmark.command}\` — ${(outcome.seconds / 60).toFixed(1)} min, load average ${outcome.loadAverage} before it.`,
+      `\`${benchmark.command}\` — run at ${when(outcome.startedAt)}, ${(outcome.seconds / 60).toFixed(1)} min, ` +
+        `CPU ${busyBefore(outcome)} busy and load average ${outcome.loadAverage} just before it` +
+        (outcome.machine === machineWithoutLoad(machine) ? '.' : `, on ${outcome.machine}.`),
       '',
     );
     const output = outcome.stdout.trimEnd();

@@ -35,13 +35,8 @@ import {
   startEmbeddedPostgres,
   type Tenantry,
 } from 'tenantry';
-import {
-  createJobWorker,
-  defineJob,
-  enqueueJob,
-  enqueueJobs,
-  jobsMigrationSource,
-} from 'tenantry/jobs';
+import { createJobWorker, defineJob, enqueueJob, enqueueJobs } from 'tenantry/jobs';
+import { referenceAppSources } from './sources.ts';
 
 interface BenchDatabase {
   tags: { tenant_id: string; id: string; name: string };
@@ -210,10 +205,7 @@ async function setUp(server: EmbeddedPostgresServer): Promise<Environment> {
   });
   await migrate({
     connectionString: adminUrl,
-    sources: [
-      jobsMigrationSource(),
-      { name: 'app', directory: new URL('../app/migrations/', import.meta.url).pathname },
-    ],
+    sources: referenceAppSources(),
   });
   const admin = createPool(adminUrl, 4);
   const settings = await admin.query<{ name: string; setting: string }>(

@@ -20,6 +20,7 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import http from 'node:http';
+import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { SignJWT } from 'jose';
 import pg from 'pg';
@@ -35,7 +36,13 @@ import {
 import { buildApp } from '../app/app.ts';
 import type { AuthConfig } from '../app/config.ts';
 import type { AppDatabase } from '../app/database.ts';
-import { formatMachine, type MachineDetails, machineDetails, writeDocSection } from './report.ts';
+import {
+  busyMachineNote,
+  formatMachine,
+  type MachineDetails,
+  machineDetails,
+  writeDocSection,
+} from './report.ts';
 import { referenceAppSources } from './sources.ts';
 
 const totalRequests = Number(process.env.SOAK_REQUESTS ?? 1_000_000);
@@ -79,6 +86,8 @@ interface Workspace {
 interface Checkpoint {
   readonly label: string;
   readonly requests: number;
+  /** The machine's 1-minute load average then. */
+  readonly loadAverage: number;
   readonly app: MemorySample;
   readonly loadGenerator: MemorySample;
 }
@@ -137,6 +146,10 @@ function tellParent(message: ServeMessage): void {
   process.send?.(message);
 }
 
+function loadAverage(): number {
+  return Number((os.loadavg()[0] ?? 0).toFixed(2));
+}
+
 function sampleMemory(): MemorySample {
   const gc = (globalThis as { gc?: () => void }).gc;
   gc?.();
@@ -153,7 +166,7 @@ function sampleMemory(): MemorySample {
 
 async function main(): Promise<number> {
   const write = !process.argv.includes('--no-write');
-  const machine = machineDetails();
+  const machine = await machineDetails();
   const server = await startEmbeddedPostgres({ directory });
   let app: ChildProcess | undefined;
   try {
@@ -193,7 +206,13 @@ async function main(): Promise<number> {
       return (await Promise.race([nextMessage(appProcess, 'memory'), exited])).memory;
     };
     const checkpoints: Checkpoint[] = [
-      { label: 'start', requests: 0, app: await appMemory(), loadGenerator: sampleMemory() },
+      {
+        label: 'start',
+        requests: 0,
+        loadAverage: loadAverage(),
+        app: await appMemory(),
+        loadGenerator: sampleMemory(),
+      },
     ];
 
     const tally: Tally = {
@@ -236,6 +255,7 @@ async function main(): Promise<number> {
                 checkpoints.push({
                   label,
                   requests: done,
+                  loadAverage: loadAverage(),
                   app: await appMemory(),
                   loadGenerator: sampleMemory(),
                 });
@@ -259,6 +279,7 @@ async function main(): Promise<number> {
     checkpoints.push({
       label: 'end',
       requests: tally.requests,
+      loadAverage: loadAverage(),
       app: await appMemory(),
       loadGenerator: sampleMemory(),
     });
@@ -556,11 +577,13 @@ function render(
     .sort(([a], [b]) => a - b)
     .map(([status, count]) => `${status}: ${count}`)
     .join(', ');
+  const busyNote = busyMachineNote([machine.cpuBusyPercent]);
   const lines = [
     `### Latest soak: ${tally.requests.toLocaleString('en-US')} requests`,
     '',
     `Machine: ${formatMachine(machine)}.`,
     '',
+    ...(busyNote === undefined ? [] : [busyNote, '']),
     `Command: \`SOAK_REQUESTS=${totalRequests} SOAK_TENANTS=${tenantCount} SOAK_POOL=${poolSize} ` +
       `SOAK_IN_FLIGHT=${inFlight} npm run soak\` (the full soak is \`npm run soak\`: 1,000,000 requests).`,
     '',
@@ -575,11 +598,12 @@ function render(
     '',
     `Memory of the app process (${checkpoints[0]?.app.afterGc === true ? 'heap measured right after a full GC' : 'heap without a forced GC'}) and of the load generator:`,
     '',
-    '| checkpoint | requests | app RSS MiB | app heap used MiB | app heap total MiB | app external MiB | load generator RSS MiB |',
-    '| --- | --: | --: | --: | --: | --: | --: |',
+    "| checkpoint | requests | app RSS MiB | app heap used MiB | app heap total MiB | app external MiB | load generator RSS MiB | load average (the soak's own included) |",
+    '| --- | --: | --: | --: | --: | --: | --: | --: |',
     ...checkpoints.map(
       (c) =>
-        `| ${c.label} | ${c.requests} | ${c.app.rssMiB} | ${c.app.heapUsedMiB} | ${c.app.heapTotalMiB} | ${c.app.externalMiB} | ${c.loadGenerator.rssMiB} |`,
+        `| ${c.label} | ${c.requests} | ${c.app.rssMiB} | ${c.app.heapUsedMiB} | ${c.app.heapTotalMiB} | ` +
+        `${c.app.externalMiB} | ${c.loadGenerator.rssMiB} | ${c.loadAverage} |`,
     ),
   ];
   if (tally.firstProblems.length > 0) {
