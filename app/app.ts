@@ -3,7 +3,12 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyServerOptions } from 'fastify';
-import type { PendingMigration, TenantDirectory, Tenantry } from 'tenantry';
+import {
+  type PendingMigration,
+  type TenantDirectory,
+  type Tenantry,
+  TenantryError,
+} from 'tenantry';
 import {
   createApiKeyStrategy,
   createJwtStrategy,
@@ -11,6 +16,7 @@ import {
   createSubdomainStrategy,
   createTrustedHeaderStrategy,
   type IdentificationStrategy,
+  sendProblem,
   type TenantRateLimitOptions,
   tenantRateLimit,
   tenantryFastify,
@@ -79,6 +85,9 @@ export interface BuildAppOptions {
   readonly rateLimit?: Pick<TenantRateLimitOptions, 'limits' | 'store'> | undefined;
 }
 
+// ignoreBOM keeps a byte order mark in the text, which the JSON parser strips once, as before.
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
 /** Routes that need a workspace are served at `/v1/...` and at `/t/<workspace>/v1/...`. */
 const tenantPrefixes = ['/v1', '/t/:workspace/v1'] as const;
 
@@ -104,7 +113,29 @@ export async function buildApp(options: BuildAppOptions): Promise<AppInstance> {
     },
     return503OnClosing: true,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true } },
+    // Errors the router raises before any route (a malformed percent-encoding, a parameter
+    // past maxParamLength) get the same problem+json as every other error.
+    frameworkErrors: (error, request, reply) => sendProblem(request, reply, error),
   }).withTypeProvider<TypeBoxTypeProvider>();
+
+  // JSON must be UTF-8 (RFC 8259): invalid bytes are refused instead of becoming U+FFFD.
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
+    let text: string;
+    try {
+      text = strictUtf8.decode(body as Buffer);
+    } catch (cause) {
+      done(
+        new TenantryError('TENANTRY_ERR_HTTP_BAD_REQUEST', 'The body is not valid UTF-8.', {
+          cause,
+        }),
+        undefined,
+      );
+      return;
+    }
+    parseJson(request, text, done);
+  });
 
   app.addHook('onSend', async (request, reply, payload) => {
     reply.header('x-request-id', request.id);

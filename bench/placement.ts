@@ -3,7 +3,7 @@
  * without a router (the baseline), and through the placement router for a pooled, a
  * schema-placed and a database-placed tenant, plus the database-placed tenant's lookups straight
  * on its database without a router; interleaved rounds in one process on one server. (2) Online
- * moves of a tenant with BENCH_MOVE_ROWS notes (default 100,000) pool -> schema -> database ->
+ * moves of a tenant with BENCH_PLACEMENT_MOVE_ROWS notes (default 100,000) pool -> schema -> database ->
  * pool: total time and how long its writes were held. The last line printed is one JSON object.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -27,10 +27,10 @@ interface Notes {
   notes: { tenant_id: string; id: string; body: string };
 }
 
-const rowsPerTenant = Number(process.env.BENCH_ROWS_PER_TENANT ?? 10_000);
-const moveRows = Number(process.env.BENCH_MOVE_ROWS ?? 100_000);
-const roundMs = Number(process.env.BENCH_ROUND_MS ?? 1500);
-const rounds = Number(process.env.BENCH_ROUNDS ?? 4);
+const rowsPerTenant = Number(process.env.BENCH_PLACEMENT_ROWS_PER_TENANT ?? 10_000);
+const moveRows = Number(process.env.BENCH_PLACEMENT_MOVE_ROWS ?? 100_000);
+const roundMs = Number(process.env.BENCH_PLACEMENT_ROUND_MS ?? 1500);
+const rounds = Number(process.env.BENCH_PLACEMENT_ROUNDS ?? 4);
 const concurrency = 10;
 
 const notesSql = `create table notes (

@@ -88,6 +88,8 @@ const sqlStateRules: ReadonlyMap<string, SqlStateRule> = new Map([
   ['22008', invalidValue],
   ['22012', invalidValue],
   ['22021', invalidValue],
+  // untranslatable_character: a \u0000 in a jsonb value, or a character the encoding lacks.
+  ['22P05', invalidValue],
   ['22023', invalidValue],
   ['57014', timeout],
   ['53300', unavailable],

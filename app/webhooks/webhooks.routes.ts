@@ -28,6 +28,9 @@ const InboundResultSchema = Type.Object({
   messageId: Type.String({ format: 'uuid', description: 'Our id of the stored message' }),
 });
 
+/** Decodes the signed bytes as UTF-8, refusing invalid sequences instead of replacing them. */
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
 function signatureInvalid(): TenantryError {
   return new TenantryError(
     'TENANTRY_ERR_WEBHOOK_SIGNATURE_INVALID',
@@ -70,7 +73,7 @@ export async function webhooksRoutes(app: AppInstance, options: AppServices): Pr
     });
     if (!valid) throw signatureInvalid();
     try {
-      request.body = JSON.parse(raw.toString('utf8'));
+      request.body = JSON.parse(strictUtf8.decode(raw));
     } catch (error) {
       throw new TenantryError('TENANTRY_ERR_HTTP_BAD_REQUEST', 'The body is not valid JSON.', {
         cause: error,
