@@ -174,6 +174,7 @@ export async function run(): Promise<void> {
   const appAddress = await app.listen({ port: 0, host: '127.0.0.1' });
 
   const pool = new pg.Pool({ connectionString: adminUrl, max: poolSize });
+  pool.on('error', () => {});
   const bare = Fastify();
   bare.get<{ Params: { tenantId: string; id: string } }>(
     '/bare/:tenantId/contacts/:id',
@@ -212,6 +213,8 @@ export async function run(): Promise<void> {
     await app.close();
     await bare.close();
     await pool.end();
+    await directory.close();
+    await tenantry.close();
     await server.stop();
   }
 }

@@ -30,7 +30,7 @@ interface Notes {
 const rowsPerTenant = Number(process.env.BENCH_PLACEMENT_ROWS_PER_TENANT ?? 10_000);
 const moveRows = Number(process.env.BENCH_PLACEMENT_MOVE_ROWS ?? 100_000);
 const roundMs = Number(process.env.BENCH_PLACEMENT_ROUND_MS ?? 1500);
-const rounds = Number(process.env.BENCH_PLACEMENT_ROUNDS ?? 4);
+const rounds = Number(process.env.BENCH_PLACEMENT_ROUNDS ?? 5);
 const concurrency = 10;
 
 const notesSql = `create table notes (
@@ -174,8 +174,14 @@ export async function run(): Promise<void> {
   const totals = new Map<string, { ops: number; ms: number }>();
   for (const name of Object.keys(variants)) totals.set(name, { ops: 0, ms: 0 });
   for (const fn of Object.values(variants)) for (let i = 0; i < 200; i++) await fn();
+  const entries = Object.entries(variants);
   for (let round = 0; round < rounds; round++) {
-    for (const [name, fn] of Object.entries(variants)) {
+    // Each round starts with another variant, so no variant always follows the same one.
+    const order = [
+      ...entries.slice(round % entries.length),
+      ...entries.slice(0, round % entries.length),
+    ];
+    for (const [name, fn] of order) {
       const started = performance.now();
       let ops = 0;
       await Promise.all(

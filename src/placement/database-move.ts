@@ -439,6 +439,10 @@ async function copyAcross(session: Session, move: MoveRow): Promise<void> {
           rows,
         });
       }
+      // Fresh statistics for the catch-up's key-ordered reads of the target.
+      for (const table of tables) {
+        await target.query(`analyze ${qualified(move.to_schema, table.table)}`);
+      }
       const sums = await verifyAcross(session, move, source, target, tables);
       const journal: Record<string, Partial<TenantMoveTable>> = {};
       for (const table of tables) {

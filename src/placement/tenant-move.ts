@@ -774,9 +774,9 @@ export async function setStep(
         set step = $2, updated_at = now(),
             tables = coalesce($3::jsonb, tables),
             migrations = coalesce($4::jsonb, migrations),
-            held_at = case $5::text when 'set' then now() when 'clear' then null else held_at end,
-            switched_at = case when $6 then now() else switched_at end,
-            finished_at = case when $7 then now() else finished_at end
+            held_at = case $5::text when 'set' then clock_timestamp() when 'clear' then null else held_at end,
+            switched_at = case when $6 then clock_timestamp() else switched_at end,
+            finished_at = case when $7 then clock_timestamp() else finished_at end
       where id = $1`,
     [
       move.id,
@@ -946,6 +946,11 @@ async function copy(session: Session, move: MoveRow): Promise<void> {
         phase: 'copy',
         rows: inserted.rowCount ?? 0,
       });
+    }
+    // A new schema's tables have no statistics yet: without them the catch-up's anti-joins
+    // could be planned as nested loops over every copied row.
+    for (const table of tables) {
+      await session.client.query(`analyze ${qualified(move.to_schema, table.table)}`);
     }
     const sums = await verify(session, move, tables);
     const journal: Record<string, Partial<TenantMoveTable>> = {};
