@@ -231,10 +231,20 @@ function headline(json: Record<string, unknown> | undefined): string {
   const entries = Object.entries(json).filter(([key, value]) => {
     return typeof value === 'number' && /ratio|growth|speedup|_vs_/i.test(key);
   });
-  const shown = entries.length > 0 ? entries : Object.entries(json).filter(([k]) => k !== 'bench');
+  const shown =
+    entries.length > 0
+      ? entries
+      : Object.entries(json).filter(
+          ([key, value]) =>
+            key !== 'bench' &&
+            (typeof value === 'number' || (typeof value === 'string' && value.length <= 40)),
+        );
   return shown
     .slice(0, 8)
-    .map(([key, value]) => `${key} ${String(value)}`)
+    .map(
+      ([key, value]) =>
+        `${key} ${typeof value === 'number' ? Number(value.toFixed(3)) : String(value)}`,
+    )
     .join(', ');
 }
 
