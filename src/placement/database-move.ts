@@ -29,11 +29,13 @@ import {
   notify,
   provision,
   qualified,
+  removeLocalCopy,
   type Session,
   setStep,
   type TenantMoveStep,
   type TenantMoveTable,
   transaction,
+  waitOutStaleRoutes,
   withLockRetries,
 } from './tenant-move.ts';
 
@@ -820,17 +822,6 @@ async function cleanRemote(session: Session, move: MoveRow): Promise<void> {
   await transaction(session, {}, () => setStep(session, move, 'cleaned'));
 }
 
-/** Waits until `fenceGraceMs` have passed since the switch. */
-async function waitOutStaleRoutes(session: Session, move: MoveRow): Promise<void> {
-  const waited = await session.client.query<{ remaining_ms: string }>(
-    `select greatest(0, extract(epoch from (switched_at + make_interval(secs => $2::double precision / 1000) - clock_timestamp())) * 1000)::bigint::text as remaining_ms
-       from ${session.settings.tenantry}.tenant_moves where id = $1`,
-    [move.id, session.settings.fenceGraceMs],
-  );
-  const remainingMs = Number(waited.rows[0]?.remaining_ms ?? 0);
-  if (remainingMs > 0) await new Promise((resolve) => setTimeout(resolve, remainingMs));
-}
-
 async function finishAcross(session: Session, move: MoveRow): Promise<void> {
   const tables = await moveTables(session);
   if (move.from_placement !== 'schema') {
@@ -861,32 +852,7 @@ export async function rollbackAcross(session: Session, move: MoveRow): Promise<v
     );
   } else {
     await withLockRetries(session, 'remove the copy', () =>
-      transaction(session, { lockTimeout: true }, async () => {
-        await copyMode(session, true);
-        if (move.to_placement === 'schema') {
-          const placed = await session.client.query(
-            `select 1 from ${tenantry}.tenant_placements where schema_name = $1`,
-            [move.to_schema],
-          );
-          if (placed.rowCount !== 0) {
-            throw new TenantryError(
-              moveErrorCodes.stateConflict,
-              `Schema ${move.to_schema} serves a tenant; it is not dropped.`,
-            );
-          }
-          await session.client.query(
-            `drop schema if exists ${quoteIdentifier(move.to_schema)} cascade`,
-          );
-        } else {
-          for (const table of [...tables].reverse()) {
-            await session.client.query(
-              `delete from public.${quoteIdentifier(table.table)} where tenant_id = $1`,
-              [session.tenantId],
-            );
-          }
-        }
-        await copyMode(session, false);
-      }),
+      transaction(session, { lockTimeout: true }, () => removeLocalCopy(session, move, tables)),
     );
   }
   await dropSourceFences(session, move, tables);

@@ -323,30 +323,7 @@ export async function rollbackTenantMove(
     const tables = await moveTables(session);
     await withLockRetries(session, 'roll back the move', () =>
       transaction(session, { lockTimeout: true }, async () => {
-        await copyMode(session, true);
-        if (move.to_placement === 'schema') {
-          const placed = await session.client.query(
-            `select 1 from ${session.settings.tenantry}.tenant_placements where schema_name = $1`,
-            [move.to_schema],
-          );
-          if (placed.rowCount !== 0) {
-            throw new TenantryError(
-              moveErrorCodes.stateConflict,
-              `Schema ${move.to_schema} serves a tenant; it is not dropped.`,
-            );
-          }
-          await session.client.query(
-            `drop schema if exists ${quoteIdentifier(move.to_schema)} cascade`,
-          );
-        } else {
-          for (const table of [...tables].reverse()) {
-            await session.client.query(
-              `delete from public.${quoteIdentifier(table.table)} where tenant_id = $1`,
-              [move.tenant_id],
-            );
-          }
-        }
-        await copyMode(session, false);
+        await removeLocalCopy(session, move, tables);
         if (move.step === 'held') {
           await dropFences(session, move.from_schema, tables);
           await session.client.query(
@@ -360,6 +337,50 @@ export async function rollbackTenantMove(
     await report(session, move, 'rolled_back');
     return reportOf(session, move.id);
   });
+}
+
+/**
+ * Removes what a move copied into the control database, in the caller's transaction: the schema
+ * it provisioned (unless a tenant is placed there), or the tenant's rows of the pool's tables.
+ */
+export async function removeLocalCopy(
+  session: Session,
+  move: MoveRow,
+  tables: readonly MoveTableSpec[],
+): Promise<void> {
+  await copyMode(session, true);
+  if (move.to_placement === 'schema') {
+    const placed = await session.client.query(
+      `select 1 from ${session.settings.tenantry}.tenant_placements where schema_name = $1`,
+      [move.to_schema],
+    );
+    if (placed.rowCount !== 0) {
+      throw new TenantryError(
+        moveErrorCodes.stateConflict,
+        `Schema ${move.to_schema} serves a tenant; it is not dropped.`,
+      );
+    }
+    await session.client.query(`drop schema if exists ${quoteIdentifier(move.to_schema)} cascade`);
+  } else {
+    for (const table of [...tables].reverse()) {
+      await session.client.query(
+        `delete from public.${quoteIdentifier(table.table)} where tenant_id = $1`,
+        [move.tenant_id],
+      );
+    }
+  }
+  await copyMode(session, false);
+}
+
+/** Waits until `fenceGraceMs` have passed since the move switched. */
+export async function waitOutStaleRoutes(session: Session, move: MoveRow): Promise<void> {
+  const waited = await session.client.query<{ remaining_ms: string }>(
+    `select greatest(0, extract(epoch from (switched_at + make_interval(secs => $2::double precision / 1000) - clock_timestamp())) * 1000)::bigint::text as remaining_ms
+       from ${session.settings.tenantry}.tenant_moves where id = $1`,
+    [move.id, session.settings.fenceGraceMs],
+  );
+  const remainingMs = Number(waited.rows[0]?.remaining_ms ?? 0);
+  if (remainingMs > 0) await new Promise((resolve) => setTimeout(resolve, remainingMs));
 }
 
 /** Reads the tenant's moves, newest first. */
@@ -1227,16 +1248,8 @@ export async function clean(session: Session, move: MoveRow): Promise<void> {
 
 async function finish(session: Session, move: MoveRow): Promise<void> {
   const tables = await moveTables(session);
-  if (move.from_placement === 'pool') {
-    // Waits out routers that had read the old placement just before the switch.
-    const waited = await session.client.query<{ remaining_ms: string }>(
-      `select greatest(0, extract(epoch from (switched_at + make_interval(secs => $2::double precision / 1000) - clock_timestamp())) * 1000)::bigint::text as remaining_ms
-         from ${session.settings.tenantry}.tenant_moves where id = $1`,
-      [move.id, session.settings.fenceGraceMs],
-    );
-    const remainingMs = Number(waited.rows[0]?.remaining_ms ?? 0);
-    if (remainingMs > 0) await new Promise((resolve) => setTimeout(resolve, remainingMs));
-  }
+  // Waits out routers that had read the old placement just before the switch.
+  if (move.from_placement === 'pool') await waitOutStaleRoutes(session, move);
   await withLockRetries(session, 'take the write fence off', () =>
     transaction(session, { lockTimeout: true }, async () => {
       if (move.from_placement === 'pool') await dropFences(session, 'public', tables);
