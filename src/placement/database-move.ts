@@ -27,6 +27,7 @@ import {
   moveOutputSettings,
   moveTables,
   notify,
+  notifyDeltas,
   provision,
   qualified,
   removeLocalCopy,
@@ -713,18 +714,7 @@ async function switchAcross(
     );
     throw error;
   }
-  for (const table of tables) {
-    const delta = deltas.get(table.table) ?? { inserted: 0, deleted: 0 };
-    await notify(session, {
-      moveId: move.id,
-      tenantId: move.tenant_id,
-      step: 'switched',
-      table: table.table,
-      phase: 'delta',
-      rows: delta.inserted,
-      deleted: delta.deleted,
-    });
-  }
+  await notifyDeltas(session, move, tables, deltas);
 }
 
 /** Points the catalog at the target and releases the hold, in the control session's transaction. */

@@ -407,6 +407,26 @@ export async function migrateTargets(
   });
 }
 
+/** A target's result, as {@link migrateTargets} reports it. */
+function targetResult(
+  target: Target,
+  started: number,
+  applied: readonly { source: string; version: number }[],
+  status: TargetMigrationResult['status'],
+  error?: TargetMigrationResult['error'],
+): TargetMigrationResult {
+  return Object.freeze({
+    tenantId: target.tenantId,
+    ...(target.kind === 'schema'
+      ? { schema: target.schema }
+      : { schema: 'public', connection: target.connection, database: target.database }),
+    status,
+    applied: Object.freeze([...applied]),
+    ...(error === undefined ? {} : { error: Object.freeze(error) }),
+    durationMs: Math.round(performance.now() - started),
+  });
+}
+
 async function migrateTarget(
   client: pg.Client,
   settings: PlacementSettings,
@@ -419,15 +439,7 @@ async function migrateTarget(
   const finish = (
     status: TargetMigrationResult['status'],
     error?: TargetMigrationResult['error'],
-  ): TargetMigrationResult =>
-    Object.freeze({
-      tenantId: target.tenantId,
-      schema: target.schema,
-      status,
-      applied: Object.freeze(applied),
-      ...(error === undefined ? {} : { error: Object.freeze(error) }),
-      durationMs: Math.round(performance.now() - started),
-    });
+  ) => targetResult(target, started, applied, status, error);
   const lockKey = schemaLockKey(target.schema);
   const locked = await client.query<{ locked: boolean }>(
     'select pg_try_advisory_lock(hashtextextended($1, 0)) as locked',
@@ -505,17 +517,7 @@ async function migrateDatabaseTarget(
   const finish = (
     status: TargetMigrationResult['status'],
     error?: TargetMigrationResult['error'],
-  ): TargetMigrationResult =>
-    Object.freeze({
-      tenantId: target.tenantId,
-      schema: 'public',
-      connection: target.connection,
-      database: target.database,
-      status,
-      applied: Object.freeze(applied),
-      ...(error === undefined ? {} : { error: Object.freeze(error) }),
-      durationMs: Math.round(performance.now() - started),
-    });
+  ) => targetResult(target, started, applied, status, error);
   const url = databases[target.connection];
   if (url === undefined) {
     return finish('failed', {

@@ -1154,6 +1154,16 @@ async function switchPlacement(
     );
     throw error;
   }
+  await notifyDeltas(session, move, tables, deltas);
+}
+
+/** Reports each table's catch-up once the switch committed. */
+export async function notifyDeltas(
+  session: Session,
+  move: MoveRow,
+  tables: readonly MoveTableSpec[],
+  deltas: ReadonlyMap<string, { inserted: number; deleted: number }>,
+): Promise<void> {
   for (const table of tables) {
     const delta = deltas.get(table.table) ?? { inserted: 0, deleted: 0 };
     await notify(session, {
