@@ -462,21 +462,6 @@ async function copyAcross(session: Session, move: MoveRow): Promise<void> {
   );
 }
 
-const fenceFunctionSql = (tenantry: string) => `
-  create function ${tenantry}.refuse_moving_tenant_writes() returns trigger
-    language plpgsql
-    set search_path = pg_catalog, pg_temp
-    as $fn$
-  begin
-    if lower(current_setting('tenantry.tenant_id', true)) = tg_argv[0] then
-      raise exception 'tenant % is being moved; retry shortly', tg_argv[0]
-        using errcode = 'TM001',
-          hint = 'The tenant''s writes are held while its rows move; retry in a few seconds.';
-    end if;
-    return null;
-  end
-  $fn$`;
-
 /**
  * The write hold on a dedicated database: the fence triggers there (the fence function is
  * created the first time), then the tenant marked `moving` in the control database.
@@ -493,7 +478,12 @@ async function holdRemote(session: Session, move: MoveRow): Promise<void> {
           [`${session.settings.placement.schema}.refuse_moving_tenant_writes()`],
         );
         if (exists.rows[0]?.found !== true) {
-          await remote.client.query(fenceFunctionSql(tenantry));
+          // The control database's definition (sql/platform/000005-moves.sql), replayed as is.
+          const definition = await session.client.query<{ sql: string }>(
+            `select pg_get_functiondef(to_regprocedure($1)) as sql`,
+            [`${session.settings.placement.schema}.refuse_moving_tenant_writes()`],
+          );
+          await remote.client.query(definition.rows[0]?.sql as string);
           await remote.client.query(
             `revoke all on function ${tenantry}.refuse_moving_tenant_writes() from public`,
           );
