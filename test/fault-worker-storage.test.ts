@@ -513,11 +513,9 @@ describe('the object store down', () => {
     await assert.rejects(
       fetch(second.upload.url, { method: 'PUT', headers: second.upload.headers, body: bytes }),
     );
-    assertProblem(
-      await call(workspace, 'POST', `/v1/files/${first.fileId}/confirm`),
-      503,
-      'TENANTRY_ERR_STORAGE_UNAVAILABLE',
-    );
+    const refused = await call(workspace, 'POST', `/v1/files/${first.fileId}/confirm`);
+    assertProblem(refused, 503, 'TENANTRY_ERR_STORAGE_UNAVAILABLE');
+    assert.equal(refused.headers['retry-after'], '5', 'clients are told when to come back');
     assert.deepEqual(
       (await fileRows(workspace.tenantId)).map((row) => row.status),
       ['pending', 'pending'],

@@ -61,6 +61,7 @@ const retryAfterSeconds: Readonly<Partial<Record<string, number>>> = {
   TENANTRY_ERR_DB_TIMEOUT: 2,
   TENANTRY_ERR_DB_SERIALIZATION: 1,
   TENANTRY_ERR_AUTH_KEYS_UNAVAILABLE: 5,
+  TENANTRY_ERR_STORAGE_UNAVAILABLE: 5,
 };
 
 function problem(
