@@ -758,6 +758,38 @@ describe('moves into and out of a dedicated database', () => {
     assert.equal(listed.code, 0, listed.stderr);
     assert.match(listed.stdout, new RegExp(`database ${dedicatedName} \\(eu_1\\)`));
 
+    // The doctor audits the dedicated database too, and notices a hole there.
+    const audited = await runCli(['doctor'], env);
+    assert.equal(audited.code, 0, audited.stdout + audited.stderr);
+    assert.match(
+      audited.stdout,
+      new RegExp(`dedicated database ${dedicatedName} \\(connection eu_1\\)`),
+    );
+    const unaudited = await runCli(['doctor'], { ...env, TENANTRY_CONNECTION_EU_1_URL: '' });
+    assert.match(unaudited.stdout, /not audited \(set TENANTRY_CONNECTION_EU_1_URL to audit it\)/);
+    await query(dedicatedAdminUrl, 'alter table audit no force row level security');
+    try {
+      const broken = await runCli(['doctor', '--json'], env);
+      assert.equal(broken.code, 1);
+      const report = JSON.parse(broken.stdout) as {
+        findings: unknown[];
+        dedicatedDatabases: {
+          database: string;
+          report: { findings: { kind: string; object: string }[] };
+        }[];
+      };
+      assert.deepEqual(report.findings, []);
+      assert.deepEqual(
+        report.dedicatedDatabases[0]?.report.findings.map((finding) => [
+          finding.kind,
+          finding.object,
+        ]),
+        [['rls_not_forced', 'public.audit']],
+      );
+    } finally {
+      await query(dedicatedAdminUrl, 'alter table audit force row level security');
+    }
+
     const back = await runCli(
       ['tenants', 'move', tenantId, '--to', 'pool', '--fence-grace-ms', '0'],
       env,

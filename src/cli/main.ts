@@ -1,10 +1,11 @@
 import { Command, CommanderError, Option } from 'commander';
 import { billingMigrationSource } from '../billing/index.ts';
-import { formatDoctorReport, runDoctor } from '../doctor/doctor.ts';
+import { withClient } from '../database/client.ts';
+import { type DoctorReport, formatDoctorReport, runDoctor } from '../doctor/doctor.ts';
 import { isTenantryError } from '../errors.ts';
 import { jobsMigrationSource } from '../jobs/index.ts';
 import { migrate } from '../migrations/migrate.ts';
-import { migrateTargets } from '../placement/index.ts';
+import { connectionUrlVariable, migrateTargets } from '../placement/index.ts';
 import { platformMigrationSource } from '../platform/index.ts';
 import { storageMigrationSource } from '../storage/index.ts';
 import { createTenantry } from '../tenantry.ts';
@@ -113,7 +114,10 @@ program
   .description('Audit tenant isolation; exits 1 when anything is found.')
   .option('--json', 'print the report as JSON')
   .option('--schema <name...>', 'schemas holding tenant tables', ['public'])
-  .option('--no-placements', "audit only the --schema schemas, not tenants' dedicated schemas")
+  .option(
+    '--no-placements',
+    "audit only the --schema schemas, not tenants' dedicated schemas and databases",
+  )
   .action(async (options: { json?: boolean; schema: string[]; placements: boolean }) => {
     await withDatabase(async (database) => {
       const report = await runDoctor({
@@ -121,12 +125,73 @@ program
         schemas: options.schema,
         placementSchemas: options.placements !== false,
       });
-      process.stdout.write(
-        options.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatDoctorReport(report)}\n`,
-      );
-      if (report.findings.length > 0) process.exitCode = 1;
+      const dedicated =
+        options.placements === false ? [] : await auditDedicatedDatabases(database.adminUrl);
+      if (options.json) {
+        const output =
+          dedicated.length === 0 ? report : { ...report, dedicatedDatabases: dedicated };
+        process.stdout.write(`${JSON.stringify(output, null, 2)}\n`);
+      } else {
+        process.stdout.write(`${formatDoctorReport(report)}\n`);
+        for (const entry of dedicated) {
+          process.stdout.write(
+            entry.report === undefined
+              ? `\ndedicated database of connection ${entry.connection}: not audited (${entry.skipped})\n`
+              : `\ndedicated database ${entry.database} (connection ${entry.connection}):\n${formatDoctorReport(entry.report)}\n`,
+          );
+        }
+      }
+      if (
+        report.findings.length > 0 ||
+        dedicated.some((entry) => (entry.report?.findings.length ?? 0) > 0)
+      ) {
+        process.exitCode = 1;
+      }
     });
   });
+
+/**
+ * Audits the `public` schema of every dedicated database the catalog names whose owner URL is
+ * configured (`TENANTRY_CONNECTION_<NAME>_URL`); the others are listed as not audited.
+ */
+async function auditDedicatedDatabases(adminUrl: string): Promise<
+  {
+    readonly connection: string;
+    readonly database?: string;
+    readonly report?: DoctorReport;
+    readonly skipped?: string;
+  }[]
+> {
+  const names = await withClient(adminUrl, async (client) => {
+    const present = await client.query(`select to_regclass('tenantry.tenant_placements') as t`);
+    if (present.rows[0]?.t === null) return [];
+    const result = await client.query<{ connection: string; database: string }>(
+      `select distinct connection_name as connection, database_name as database
+         from tenantry.tenant_placements where connection_name is not null order by 1, 2`,
+    );
+    return result.rows;
+  });
+  if (names.length === 0) return [];
+  const urls = await dedicatedDatabaseUrls(adminUrl);
+  const audited = [];
+  for (const { connection, database } of names) {
+    const url = urls[connection];
+    if (url === undefined) {
+      audited.push({
+        connection,
+        database,
+        skipped: `set ${connectionUrlVariable(connection)} to audit it`,
+      });
+      continue;
+    }
+    audited.push({
+      connection,
+      database,
+      report: await runDoctor({ connectionString: url, placementSchemas: false }),
+    });
+  }
+  return audited;
+}
 
 program
   .command('start')
