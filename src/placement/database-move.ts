@@ -13,7 +13,6 @@ import {
 } from './migrate-targets.ts';
 import { compareDatabaseWithPool, moveFenceTriggerPrefix } from './schema-targets.ts';
 import {
-  checkMigrations,
   checksumOn,
   clean,
   columnList,
@@ -33,6 +32,8 @@ import {
   removeLocalCopy,
   type Session,
   setStep,
+  switchCatalog,
+  switchJournal,
   type TenantMoveStep,
   type TenantMoveTable,
   transaction,
@@ -680,20 +681,9 @@ async function switchAcross(
           deltas.set(table.table, await catchUp(session, move, source, target, table));
         }
         const sums = await verifyAcross(session, move, source, target, tables);
-        const journal: Record<string, Partial<TenantMoveTable>> = {};
-        for (const table of tables) {
-          const before = move.tables[table.table] ?? {};
-          const delta = deltas.get(table.table) ?? { inserted: 0, deleted: 0 };
-          journal[table.table] = {
-            ...(sums.get(table.table) as { rows: number; checksum: string }),
-            copiedRows: before.copiedRows ?? 0,
-            deltaInserted: (before.deltaInserted ?? 0) + delta.inserted,
-            deltaDeleted: (before.deltaDeleted ?? 0) + delta.deleted,
-          };
-        }
-        return journal;
+        return switchJournal(move, tables, sums, deltas);
       },
-      (journal) => flip(session, move, sources, journal),
+      (journal) => switchCatalog(session, move, sources, journal),
     );
   } catch (error) {
     await releaseHoldAcross(session, move, tables).catch((releaseError: unknown) =>
@@ -705,43 +695,6 @@ async function switchAcross(
     throw error;
   }
   await notifyDeltas(session, move, tables, deltas);
-}
-
-/** Points the catalog at the target and releases the hold, in the control session's transaction. */
-async function flip(
-  session: Session,
-  move: MoveRow,
-  sources: readonly MigrationSource[] | undefined,
-  journal: Record<string, Partial<TenantMoveTable>>,
-): Promise<void> {
-  const t = session.settings.tenantry;
-  if (move.to_placement === 'schema') await checkMigrations(session, move, sources);
-  await session.client.query(`delete from ${t}.tenant_placements where tenant_id = $1`, [
-    session.tenantId,
-  ]);
-  if (move.to_placement === 'schema') {
-    await session.client.query(
-      `insert into ${t}.tenant_placements (tenant_id, schema_name) values ($1, $2)`,
-      [session.tenantId, move.to_schema],
-    );
-    for (const file of move.migrations) {
-      await session.client.query(
-        `insert into ${t}.placement_migrations (schema_name, source, version, name, checksum)
-         values ($1, $2, $3, $4, $5)`,
-        [move.to_schema, file.source, file.version, file.name, file.checksum],
-      );
-    }
-  } else if (move.to_placement === 'database') {
-    await session.client.query(
-      `insert into ${t}.tenant_placements (tenant_id, connection_name, database_name) values ($1, $2, $3)`,
-      [session.tenantId, move.to_connection, move.to_database],
-    );
-  }
-  await session.client.query(
-    `update ${t}.tenants set placement = $2, status = 'active', updated_at = now() where id = $1`,
-    [session.tenantId, move.to_placement],
-  );
-  await setStep(session, move, 'switched', { tables: journal, switched: true });
 }
 
 async function releaseHoldAcross(

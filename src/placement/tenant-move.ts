@@ -1050,7 +1050,6 @@ async function switchPlacement(
   sources: readonly MigrationSource[] | undefined,
 ): Promise<void> {
   const tables = await moveTables(session);
-  const t = session.settings.tenantry;
   const deltas = new Map<string, { inserted: number; deleted: number }>();
   try {
     await transaction(session, {}, async () => {
@@ -1109,41 +1108,8 @@ async function switchPlacement(
         deltas.set(table.table, { inserted, deleted });
       }
       const sums = await verify(session, move, tables);
-      const journal: Record<string, Partial<TenantMoveTable>> = {};
-      for (const table of tables) {
-        const before = move.tables[table.table] ?? {};
-        const delta = deltas.get(table.table) ?? { inserted: 0, deleted: 0 };
-        journal[table.table] = {
-          ...(sums.get(table.table) as { rows: number; checksum: string }),
-          copiedRows: before.copiedRows ?? 0,
-          deltaInserted: (before.deltaInserted ?? 0) + delta.inserted,
-          deltaDeleted: (before.deltaDeleted ?? 0) + delta.deleted,
-        };
-      }
       await copyMode(session, false);
-      if (move.to_placement === 'schema') {
-        await checkMigrations(session, move, sources);
-        await session.client.query(
-          `insert into ${t}.tenant_placements (tenant_id, schema_name) values ($1, $2)`,
-          [session.tenantId, move.to_schema],
-        );
-        for (const file of move.migrations) {
-          await session.client.query(
-            `insert into ${t}.placement_migrations (schema_name, source, version, name, checksum)
-             values ($1, $2, $3, $4, $5)`,
-            [move.to_schema, file.source, file.version, file.name, file.checksum],
-          );
-        }
-      } else {
-        await session.client.query(`delete from ${t}.tenant_placements where tenant_id = $1`, [
-          session.tenantId,
-        ]);
-      }
-      await session.client.query(
-        `update ${t}.tenants set placement = $2, status = 'active', updated_at = now() where id = $1`,
-        [session.tenantId, move.to_placement],
-      );
-      await setStep(session, move, 'switched', { tables: journal, switched: true });
+      await switchCatalog(session, move, sources, switchJournal(move, tables, sums, deltas));
     });
   } catch (error) {
     await releaseHold(session, move, tables).catch((releaseError: unknown) =>
@@ -1176,6 +1142,64 @@ export async function notifyDeltas(
       deleted: delta.deleted,
     });
   }
+}
+
+/** The journal's tables at the switch: the verified sums, the copy's rows and the catch-up's. */
+export function switchJournal(
+  move: MoveRow,
+  tables: readonly MoveTableSpec[],
+  sums: ReadonlyMap<string, { rows: number; checksum: string }>,
+  deltas: ReadonlyMap<string, { inserted: number; deleted: number }>,
+): Record<string, Partial<TenantMoveTable>> {
+  const journal: Record<string, Partial<TenantMoveTable>> = {};
+  for (const table of tables) {
+    const before = move.tables[table.table] ?? {};
+    const delta = deltas.get(table.table) ?? { inserted: 0, deleted: 0 };
+    journal[table.table] = {
+      ...(sums.get(table.table) as { rows: number; checksum: string }),
+      copiedRows: before.copiedRows ?? 0,
+      deltaInserted: (before.deltaInserted ?? 0) + delta.inserted,
+      deltaDeleted: (before.deltaDeleted ?? 0) + delta.deleted,
+    };
+  }
+  return journal;
+}
+
+/** Points the catalog at the target and releases the hold, in the control session's transaction. */
+export async function switchCatalog(
+  session: Session,
+  move: MoveRow,
+  sources: readonly MigrationSource[] | undefined,
+  journal: Record<string, Partial<TenantMoveTable>>,
+): Promise<void> {
+  const t = session.settings.tenantry;
+  if (move.to_placement === 'schema') await checkMigrations(session, move, sources);
+  await session.client.query(`delete from ${t}.tenant_placements where tenant_id = $1`, [
+    session.tenantId,
+  ]);
+  if (move.to_placement === 'schema') {
+    await session.client.query(
+      `insert into ${t}.tenant_placements (tenant_id, schema_name) values ($1, $2)`,
+      [session.tenantId, move.to_schema],
+    );
+    for (const file of move.migrations) {
+      await session.client.query(
+        `insert into ${t}.placement_migrations (schema_name, source, version, name, checksum)
+         values ($1, $2, $3, $4, $5)`,
+        [move.to_schema, file.source, file.version, file.name, file.checksum],
+      );
+    }
+  } else if (move.to_placement === 'database') {
+    await session.client.query(
+      `insert into ${t}.tenant_placements (tenant_id, connection_name, database_name) values ($1, $2, $3)`,
+      [session.tenantId, move.to_connection, move.to_database],
+    );
+  }
+  await session.client.query(
+    `update ${t}.tenants set placement = $2, status = 'active', updated_at = now() where id = $1`,
+    [session.tenantId, move.to_placement],
+  );
+  await setStep(session, move, 'switched', { tables: journal, switched: true });
 }
 
 /** The pool must not have applied a tenant migration the provisioned schema lacks. */
