@@ -209,6 +209,23 @@ async function rowsEverywhere(tenantId: string): Promise<Record<string, number>>
   return counts;
 }
 
+/** Moves a tenant into the dedicated database of `eu_1`, with no fence grace. */
+function moveToDatabase(
+  tenantId: string,
+  extra: Pick<Parameters<typeof moveTenant>[0], 'onProgress'> = {},
+) {
+  return moveTenant({
+    connectionString: controlAdminUrl,
+    tenantId,
+    to: 'database',
+    connection: 'eu_1',
+    sources,
+    databases,
+    fenceGraceMs: 0,
+    ...extra,
+  });
+}
+
 function isMovingRefusal(error: unknown): boolean {
   for (let current: unknown = error; current !== undefined && current !== null; ) {
     if (isTenantryError(current, 'TENANTRY_ERR_TENANT_MOVING')) return true;
@@ -467,15 +484,7 @@ describe('moves into and out of a dedicated database', () => {
   test('a tenant in a dedicated database reads and writes there only, and the pool tenant never sees it', async () => {
     const placed = await seedTenant('placed');
     const pooled = await seedTenant('pooled');
-    await moveTenant({
-      connectionString: controlAdminUrl,
-      tenantId: placed,
-      to: 'database',
-      connection: 'eu_1',
-      sources,
-      databases,
-      fenceGraceMs: 0,
-    });
+    await moveToDatabase(placed);
     const noteId = randomUUID();
     await tenantry.withTenant(placed, (db) =>
       db
@@ -518,15 +527,7 @@ describe('moves into and out of a dedicated database', () => {
     const a = await seedTenant('share-a');
     const b = await seedTenant('share-b');
     for (const tenantId of [a, b]) {
-      await moveTenant({
-        connectionString: controlAdminUrl,
-        tenantId,
-        to: 'database',
-        connection: 'eu_1',
-        sources,
-        databases,
-        fenceGraceMs: 0,
-      });
+      await moveToDatabase(tenantId);
     }
     const [bNote] = await query<{ id: string }>(
       dedicatedAdminUrl,
@@ -600,14 +601,7 @@ describe('moves into and out of a dedicated database', () => {
       const tenantId = await seedTenant(`crash-${stopAt}`);
       const before = await checksums(tenantId, controlAdminUrl, 'public');
       await assert.rejects(
-        moveTenant({
-          connectionString: controlAdminUrl,
-          tenantId,
-          to: 'database',
-          connection: 'eu_1',
-          sources,
-          databases,
-          fenceGraceMs: 0,
+        moveToDatabase(tenantId, {
           onProgress: (event) => {
             if (event.step === stopAt && event.table === undefined) throw new Error('crash');
           },
@@ -639,15 +633,7 @@ describe('moves into and out of a dedicated database', () => {
 
   test('a move out of a database stopped while held rolls back: served from the database, writable', async () => {
     const tenantId = await seedTenant('rollback');
-    await moveTenant({
-      connectionString: controlAdminUrl,
-      tenantId,
-      to: 'database',
-      connection: 'eu_1',
-      sources,
-      databases,
-      fenceGraceMs: 0,
-    });
+    await moveToDatabase(tenantId);
     const before = await checksums(tenantId, dedicatedAdminUrl, 'public');
     await assert.rejects(
       moveTenant({
@@ -801,15 +787,7 @@ describe('moves into and out of a dedicated database', () => {
 
   test('tenantry migrate applies a new file to the dedicated database; a failing database stops only itself', async () => {
     const tenantId = await seedTenant('migrated');
-    await moveTenant({
-      connectionString: controlAdminUrl,
-      tenantId,
-      to: 'database',
-      connection: 'eu_1',
-      sources,
-      databases,
-      fenceGraceMs: 0,
-    });
+    await moveToDatabase(tenantId);
     await writeFile(
       join(sourceDirectory, '0002-notes-pinned.sql'),
       'alter table notes add column pinned boolean not null default false;\n',
